@@ -1,0 +1,165 @@
+"""Loading MoCa checkpoints: the only ``from_pretrained`` call site for the model.
+
+Three weight layouts are accepted and normalised to ``MoCaModel``'s (``language_model.*``, ``visual.*``):
+
+- legacy, as released (transformers <= 4.51 ``Qwen2_5_VLForConditionalGeneration``):
+  ``model.layers.*``, ``model.embed_tokens.*``, ``model.norm.*``, ``visual.*``, ``lm_head.*``;
+- current ``...ForConditionalGeneration`` (transformers >= 4.52): ``model.language_model.*``,
+  ``model.visual.*``, ``lm_head.*``;
+- current base model: ``language_model.*``, ``visual.*``.
+
+``lm_head.*`` and CPT heads (``mae_*``) are not materialised. A missing key is an error, never a
+silently random weight (the failure mode of transformers 5 on the legacy layout, moca-method.md §0),
+and two tensors are compared with the file after loading as a second line of defence.
+Weights are read with safetensors only; remote code is never trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import torch
+
+from moca_model.modeling_moca import MoCaModel
+
+logger = logging.getLogger(__name__)
+
+# Applied in order, first match wins (transformers' ``key_mapping`` semantics).
+KEY_MAPPING = {
+    r"^model\.language_model\.": "language_model.",
+    r"^model\.visual\.": "visual.",
+    r"^model\.": "language_model.",
+}
+_IGNORED_PREFIXES = ("lm_head.", "mae_")
+_HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
+
+
+class MoCaLoadError(RuntimeError):
+    """A checkpoint that cannot be found or loaded faithfully."""
+
+
+def map_key(key: str) -> str:
+    """Checkpoint key -> ``MoCaModel`` parameter name."""
+    for pattern, replacement in KEY_MAPPING.items():
+        new, n = re.subn(pattern, replacement, key)
+        if n:
+            return new
+    return key
+
+
+def resolve_checkpoint(name_or_path: str | Path, *, revision: str | None = None) -> Path:
+    """A local directory holding the checkpoint: the path itself, or a hub snapshot.
+
+    Raises:
+        MoCaLoadError: the path does not exist and the name is not a reachable hub repository.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    name = str(name_or_path)
+    if path.exists() or not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        raise MoCaLoadError(f"model path not found: {name!r} is not a directory (nor a hub id 'org/name')")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, revision=revision, allow_patterns=_HUB_FILES))
+    except Exception as exc:  # offline, private, misspelled: all the same to the user
+        raise MoCaLoadError(
+            f"model path not found: {name!r} is not a local directory and the hub download failed "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def checkpoint_keys(path: Path) -> dict[str, Path]:
+    """Every tensor name in the checkpoint's safetensors files -> the file holding it."""
+    from safetensors import safe_open
+
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        found = sorted(p.name for p in path.iterdir())
+        raise MoCaLoadError(f"no *.safetensors weights in {str(path)!r} (found {found}); pickled weights are refused")
+    keys = {}
+    for file in files:
+        with safe_open(file, framework="pt") as f:
+            keys.update(dict.fromkeys(f.keys(), file))
+    return keys
+
+
+def default_attn_implementation(device: torch.device) -> str:
+    """flash_attention_2 on CUDA when flash-attn is installed, else SDPA."""
+    if device.type == "cuda":
+        try:
+            import flash_attn  # noqa: F401
+
+            return "flash_attention_2"
+        except ImportError:
+            logger.info("flash-attn not installed; using SDPA")
+    return "sdpa"
+
+
+def load_model(
+    path: Path, *, device: torch.device, dtype: torch.dtype, attn_implementation: str
+) -> MoCaModel:
+    """Load ``MoCaModel`` from a local checkpoint directory in any supported layout.
+
+    Args:
+        path: directory with ``config.json`` and ``*.safetensors``.
+        device: where the weights go.
+        dtype: parameter dtype.
+        attn_implementation: ``sdpa``, ``eager`` or ``flash_attention_2``.
+
+    Returns:
+        The model in eval mode.
+
+    Raises:
+        MoCaLoadError: no safetensors, missing weights, or weights that differ from the file.
+    """
+    keys = checkpoint_keys(path)
+    try:
+        model, info = MoCaModel.from_pretrained(
+            path,
+            key_mapping=KEY_MAPPING,
+            output_loading_info=True,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            use_safetensors=True,
+            trust_remote_code=False,
+            device_map=str(device) if device.type == "cuda" else None,
+        )
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise MoCaLoadError(f"cannot load MoCa weights from {str(path)!r}: {exc}") from exc
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise MoCaLoadError(
+            f"{len(missing)} weights missing from {str(path)!r} (e.g. {missing[:3]}); refusing random initialisation"
+        )
+    unexpected = sorted(k for k in keys if map_key(k) not in dict(model.named_parameters()))
+    others = [k for k in unexpected if not k.startswith(_IGNORED_PREFIXES)]
+    if others:
+        logger.warning("ignored %d checkpoint tensors not used by MoCaModel, e.g. %s", len(others), others[:3])
+    _verify_against_file(model, keys)
+    return model.to(device).eval()
+
+
+def _verify_against_file(model: MoCaModel, keys: dict[str, Path]) -> None:
+    """Compare the first text and vision tensors with the file: catches silent layout mismatches."""
+    from safetensors import safe_open
+
+    params = dict(model.named_parameters())
+    for prefix in ("language_model.", "visual."):
+        key = next((k for k in keys if map_key(k).startswith(prefix) and map_key(k) in params), None)
+        if key is None:
+            raise MoCaLoadError(f"checkpoint has no {prefix}* weights")
+        with safe_open(keys[key], framework="pt") as f:
+            stored = f.get_tensor(key)
+        loaded = params[map_key(key)].detach().cpu()
+        if not torch.equal(loaded, stored.to(loaded.dtype)):
+            raise MoCaLoadError(f"weight {key!r} differs from the file after loading (key layout not understood)")
+
+
+def read_config(path: Path) -> dict:
+    """The checkpoint's ``config.json`` as a dict (for model cards and fingerprints)."""
+    return json.loads((path / "config.json").read_text())

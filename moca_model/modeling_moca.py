@@ -1,0 +1,98 @@
+"""MoCaModel: stock ``Qwen2_5_VLModel`` made bidirectional, returning mean-pooled unit embeddings.
+
+The two real differences from upstream (moca-method.md §1): attention over the text decoder is
+bidirectional (see :mod:`moca_model.bidirectional`), and the output is the mask-weighted mean of the
+final-norm hidden states, L2-normalised. There is no LM head: the class is the base model, so a
+checkpoint's ``lm_head.weight`` is never materialised.
+
+Shapes: B batch, T tokens, D hidden size, P patch rows (each 3 * 2 * 14 * 14 = 1176 values), I images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import Qwen2_5_VLModel
+from transformers.utils import ModelOutput
+
+from moca_model.bidirectional import attention_mask_for, set_causal
+from moca_model.compat import check_transformers_version, rope_index
+from moca_model.pooling import l2_normalize, mean_pool
+
+check_transformers_version()
+
+
+@dataclass
+class EmbeddingOutput(ModelOutput):
+    """Output of :class:`MoCaModel`.
+
+    Attributes:
+        embeddings: (B, D) float32; unit norm when ``normalize=True``.
+        last_hidden_state: (B, T, D) final-norm token states in the model dtype.
+    """
+
+    embeddings: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+
+
+class MoCaModel(Qwen2_5_VLModel):
+    """Bidirectional, mean-pooled Qwen2.5-VL embedder."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.bidirectional = True
+        set_causal(self.language_model, causal=False)
+
+    def set_bidirectional(self, bidirectional: bool) -> None:
+        """Switch between MoCa's bidirectional attention and Qwen's causal attention (idempotent)."""
+        self.bidirectional = bidirectional
+        set_causal(self.language_model, causal=not bidirectional)
+
+    @property
+    def attn_implementation(self) -> str:
+        """The text decoder's attention backend (``sdpa``, ``eager``, ``flash_attention_2``)."""
+        return self.language_model.config._attn_implementation
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.Tensor | None = None,
+        *,
+        normalize: bool = True,
+        **kwargs,
+    ) -> EmbeddingOutput:
+        """Embed a batch.
+
+        Args:
+            input_ids: (B, T) with each image's ``<|image_pad|>`` run already expanded.
+            attention_mask: (B, T) 1 on real tokens; None means no padding.
+            pixel_values: (P, 1176) patch rows of all images in row-major batch order, or None.
+            image_grid_thw: (I, 3) patch grid of each image, or None.
+            normalize: L2-normalise the pooled embeddings.
+            **kwargs: passed to the upstream forward (e.g. ``output_hidden_states``).
+
+        Returns:
+            :class:`EmbeddingOutput` with (B, D) embeddings and (B, T, D) hidden states.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        position_ids = rope_index(self, input_ids, attention_mask, image_grid_thw, self.config.image_token_id)
+        mask = attention_mask
+        if self.bidirectional:
+            mask = attention_mask_for(attention_mask, implementation=self.attn_implementation, dtype=self.dtype)
+        out = super().forward(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=position_ids,
+            pixel_values=pixel_values,
+            image_grid_thw=image_grid_thw,
+            use_cache=False,
+            return_dict=True,
+            **kwargs,
+        )
+        hidden = out.last_hidden_state  # (B, T, D)
+        emb = mean_pool(hidden, attention_mask)  # (B, D) float32
+        return EmbeddingOutput(embeddings=l2_normalize(emb) if normalize else emb, last_hidden_state=hidden)

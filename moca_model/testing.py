@@ -1,0 +1,130 @@
+"""Offline builders for tiny random MoCa models: config, tokenizer, image processor, checkpoint.
+
+Used by ``python -m moca_model.tiny``, by the test suites of every package and by the benchmarks
+(the way mteb ships ``mteb/mocks``). Nothing here touches a hub.
+
+The tokenizer is a small byte-level BPE trained in-process on an embedded corpus. It carries Qwen's
+special tokens (``<|endoftext|>`` as pad/EOS, ``<|vision_start|>``, ``<|image_pad|>``, ...) as added
+special tokens, so their roles are the real ones while their ids are small; the model config records
+those ids (``image_token_id`` and friends), exactly as a real Qwen2.5-VL config records 151655 etc.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig
+
+# Qwen2.5-VL's added tokens, in the order of their real ids (151643 ...).
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+
+_CORPUS = """
+Represent the given image. Represent the given document image. Find me an everyday image that matches
+the given caption. Represent the given image with the following question. Identify the object shown in
+the image. Select the portion of the image that isolates the object labeled as. Retrieve an image of
+this news caption. Find a caption for the news in the given photo. What is the total revenue in 2021?
+The quick brown fox jumps over the lazy dog. A red circle on the left, a blue square at the top, a
+green triangle at the bottom right. digit zero one two three four five six seven eight nine.
+Annual report: energy, economics, biomedical lectures, environmental social governance, tables,
+figures, charts. Le rapport annuel, die Tabelle, el documento, 0123456789 %$#@!?.,;:()[]{}
+"""
+
+
+def tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """A deterministic byte-level BPE tokenizer with Qwen's special tokens appended after the vocab.
+
+    Args:
+        vocab_size: size of the BPE vocabulary before the special tokens.
+
+    Returns:
+        A fast tokenizer whose pad and EOS token is ``<|endoftext|>``.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]),
+    )
+    fast.padding_side = "right"
+    return fast
+
+
+def tiny_config(
+    tokenizer: PreTrainedTokenizerFast, *, hidden: int = 64, layers: int = 2, vision_depth: int = 2
+) -> Qwen2_5_VLConfig:
+    """A tiny Qwen2.5-VL config (legacy flat layout, like the released checkpoints' config.json).
+
+    Args:
+        tokenizer: the tokenizer whose special-token ids the config must record.
+        hidden: text hidden size (head_dim is hidden / 4).
+        layers: number of text decoder layers.
+        vision_depth: number of ViT blocks; the last one uses full attention.
+
+    Returns:
+        A ``Qwen2_5_VLConfig`` with patch 14, merge 2, temporal patch 2 (so 1176 values per patch row).
+    """
+    from transformers import Qwen2_5_VLConfig
+
+    heads = 4
+    half = hidden // heads // 2  # mrope sections must sum to head_dim / 2
+    section = [half - 2 * (half // 3), half // 3, half // 3]
+    ids = {name: tokenizer.convert_tokens_to_ids(name) for name in QWEN_SPECIAL_TOKENS}
+    return Qwen2_5_VLConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        rope_scaling={"type": "mrope", "mrope_section": section},
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|endoftext|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        vision_config={
+            "depth": vision_depth,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_heads": 4,
+            "out_hidden_size": hidden,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 112,
+            "fullatt_block_indexes": [vision_depth - 1],
+        },
+        architectures=["Qwen2_5_VLForConditionalGeneration"],
+    )
