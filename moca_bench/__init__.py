@@ -1,1 +1,5 @@
-"""Package."""
+"""Harness adapters for MoCa: vidore-benchmark retriever, MTEB encoder + ModelMeta, MMEB runner.
+
+Nothing here registers itself on import; registration lives in ``plugins/`` (``moca_plugins``).
+Heavy harness imports happen inside the adapter modules, never here.
+"""

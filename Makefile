@@ -1,0 +1,52 @@
+# Two environments, because vidore-benchmark (every release) needs mteb<2 while MTEB's current line is 2.x:
+#   .venv       core + vidore + train + dev   (torch 2.13.0 CPU, transformers 4.57)
+#   .venv-mteb  core + mteb + dev             (torch 2.14.1 + torchvision 0.29.1, transformers 5.x)
+PY ?= python3
+VENV := .venv
+VENV_MTEB := .venv-mteb
+PIP := --disable-pip-version-check -q
+export OMP_NUM_THREADS ?= 1
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: env test test-main test-mteb demo bench lint clean
+
+env: $(VENV)/.installed $(VENV_MTEB)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints/venv.txt
+	$(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install $(PIP) torch==2.13.0
+	$(VENV)/bin/pip install $(PIP) -c constraints/venv.txt -e ".[vidore,train,dev]"
+	touch $@
+
+$(VENV_MTEB)/.installed: pyproject.toml constraints/venv-mteb.txt
+	$(PY) -m venv $(VENV_MTEB)
+	$(VENV_MTEB)/bin/pip install $(PIP) torch==2.14.1 torchvision==0.29.1
+	$(VENV_MTEB)/bin/pip install $(PIP) -c constraints/venv-mteb.txt -e ".[mteb,dev]"
+	touch $@
+
+test: env
+	@status=0; \
+	$(MAKE) --no-print-directory test-main || status=1; \
+	$(MAKE) --no-print-directory test-mteb || status=1; \
+	exit $$status
+
+test-main: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-mteb: $(VENV_MTEB)/.installed
+	$(VENV_MTEB)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+demo: env
+	$(VENV)/bin/python demo/run.py $(DEMO_ARGS)
+
+bench: env
+	$(VENV)/bin/python -m benchmarks.run $(BENCH_ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check moca_model moca_bench moca_train plugins tests benchmarks
+
+clean:
+	rm -rf $(VENV) $(VENV_MTEB)

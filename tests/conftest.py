@@ -1,0 +1,39 @@
+"""Shared fixtures: offline hub, one torch thread, tiny checkpoints written once per session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)  # 2-core machines: more threads make everything slower, not faster
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A tiny random checkpoint in the current layout (see moca_model.tiny)."""
+    from moca_model.tiny import write_tiny_checkpoint
+
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "current", layout="current", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_legacy_dir(tmp_path_factory):
+    """The same weights as ``tiny_dir`` in the released (legacy) layout."""
+    from moca_model.tiny import write_tiny_checkpoint
+
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "legacy", layout="legacy", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_dir):
+    """A MoCaEncoder on the tiny checkpoint (CPU, fp32, SDPA). Do not mutate it in tests."""
+    from moca_model import MoCaEncoder
+
+    return MoCaEncoder.from_pretrained(tiny_dir, device="cpu")
