@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from moca_model.bidirectional import attention_mask_for, set_causal
+
+
+def _first_token_delta(model, ids, mask):
+    with torch.no_grad():
+        a = model(ids, mask).last_hidden_state
+        changed = ids.clone()
+        last = int(mask[0].sum()) - 1
+        changed[0, last] = (changed[0, last] + 7) % 400
+        b = model(changed, mask).last_hidden_state
+    return (a[0, 0] - b[0, 0]).abs().max().item()
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@pytest.mark.parametrize("padded", [False, True])
+def test_last_token_reaches_first_only_when_bidirectional(tiny_model_and_processor, impl, padded):
+    model, proc = tiny_model_and_processor
+    model.set_attn_implementation(impl)
+    assert model.attn_implementation == impl
+    ids = torch.tensor([proc.tokenizer("a red circle on the left of the page")["input_ids"]])
+    mask = torch.ones_like(ids)
+    if padded:  # a second, longer row forces padding on row 0
+        ids = torch.cat([torch.cat([ids, torch.full((1, 5), proc.pad_id)], 1), torch.arange(ids.shape[1] + 5)[None]])
+        mask = torch.cat([torch.cat([mask, torch.zeros(1, 5, dtype=mask.dtype)], 1), torch.ones(1, ids.shape[1])])
+    model.set_bidirectional(True)
+    assert _first_token_delta(model, ids, mask) > 1e-3
+    model.set_bidirectional(False)
+    assert _first_token_delta(model, ids, mask) == 0.0
+
+
+def test_set_causal_is_idempotent(tiny_model_and_processor):
+    model, _ = tiny_model_and_processor
+    for _ in range(2):
+        set_causal(model.language_model, causal=False)
+    assert all(layer.self_attn.is_causal is False for layer in model.language_model.layers)
+    model.set_bidirectional(False)
+    model.set_bidirectional(False)
+    assert all(layer.self_attn.is_causal is True for layer in model.language_model.layers)
+
+
+def test_mask_shapes_per_backend():
+    m = torch.tensor([[1, 1, 0]])
+    assert attention_mask_for(m, implementation="flash_attention_2", dtype=torch.float32) is m
+    sdpa = attention_mask_for(m, implementation="sdpa", dtype=torch.float32)
+    assert sdpa.shape == (1, 1, 3, 3) and sdpa.dtype == torch.bool
+    assert sdpa[0, 0].tolist() == [[True, True, False]] * 3  # no causal triangle, only padding
+    eager = attention_mask_for(m, implementation="eager", dtype=torch.float32)
+    assert eager[0, 0, 0].tolist() == [0.0, 0.0, torch.finfo(torch.float32).min]
+
+
+def test_unsupported_transformers_version_raises(monkeypatch):
+    import transformers
+
+    from moca_model import compat
+
+    monkeypatch.setattr(transformers, "__version__", "4.51.3")
+    with pytest.raises(ImportError, match="transformers>=4.52,<6"):
+        compat.check_transformers_version()
+    monkeypatch.setattr(transformers, "__version__", "6.0.0")
+    with pytest.raises(ImportError, match="4.52"):
+        compat.check_transformers_version()
