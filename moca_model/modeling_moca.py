@@ -62,6 +62,7 @@ class MoCaModel(Qwen2_5_VLModel):
         image_grid_thw: torch.Tensor | None = None,
         *,
         normalize: bool = True,
+        position_ids: torch.Tensor | None = None,
         **kwargs,
     ) -> EmbeddingOutput:
         """Embed a batch.
@@ -72,6 +73,8 @@ class MoCaModel(Qwen2_5_VLModel):
             pixel_values: (P, 1176) patch rows of all images in row-major batch order, or None.
             image_grid_thw: (I, 3) patch grid of each image, or None.
             normalize: L2-normalise the pooled embeddings.
+            position_ids: (3, B, T) mRoPE positions when the caller already has them (CPT reuses them
+                for its MAE decoder); computed here otherwise.
             **kwargs: passed to the upstream forward (e.g. ``output_hidden_states``).
 
         Returns:
@@ -79,7 +82,8 @@ class MoCaModel(Qwen2_5_VLModel):
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        position_ids = rope_index(self, input_ids, attention_mask, image_grid_thw, self.config.image_token_id)
+        if position_ids is None:
+            position_ids = rope_index(self, input_ids, attention_mask, image_grid_thw, self.config.image_token_id)
         mask = attention_mask
         if self.bidirectional:
             mask = attention_mask_for(attention_mask, implementation=self.attn_implementation, dtype=self.dtype)
