@@ -45,8 +45,9 @@ def _fallback(work: Path, seed: int) -> int:
     images.append(render.render_page(rng, "json"))
     captions.append(render.module_doc("json")[0])
     encoder = MoCaEncoder.from_pretrained(ckpt, device="cpu")
-    img_vecs = encoder.encode([{"image": im, "text": "\nRepresent the given image."} for im in images],
-                              show_progress=False)
+    img_vecs = encoder.encode(
+        [{"image": im, "text": "\nRepresent the given image."} for im in images], show_progress=False
+    )
     txt_vecs = encoder.encode(captions, show_progress=False)
     sims = img_vecs @ txt_vecs.T
     out = sys.stdout
