@@ -78,7 +78,7 @@ def to_rgb(image: Image.Image, index: int) -> Image.Image:
             arr = np.asarray(image, dtype=np.float64)
             lo, hi = float(arr.min()), float(arr.max())
             arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-            image = Image.fromarray(arr.round().astype(np.uint8), mode="L")
+            image = Image.fromarray(arr.round().astype(np.uint8))
         rgb = image.convert("RGB")
     except (OSError, ValueError, SyntaxError) as exc:
         raise MoCaInputError(f"item {index}: corrupt or truncated image ({type(exc).__name__}: {exc})") from exc

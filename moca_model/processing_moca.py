@@ -118,7 +118,6 @@ class MoCaProcessor:
         self.image_token_id = vocab("<|image_pad|>")
         self.vision_start_id, self.vision_end_id = vocab("<|vision_start|>"), vocab("<|vision_end|>")
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else vocab("<|endoftext|>")
-        self.empty_id = vocab("<|endoftext|>")
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **overrides) -> MoCaProcessor:
@@ -181,8 +180,8 @@ class MoCaProcessor:
         """
         ids = self._tokenize(item.text)
         if not ids:
-            logger.warning("item %d: empty text; encoded as a single %r token", index, "<|endoftext|>")
-            return Encoded(input_ids=[self.empty_id])
+            logger.warning("item %d: empty text; encoded as a single space", index)
+            return Encoded(input_ids=self._tokenize(" "))
         if not item.images:
             return Encoded(input_ids=ids[: self.max_length] if self.max_length else ids)
         images = [to_rgb(open_image(src, index), index) for src in item.images]
