@@ -1,0 +1,248 @@
+"""Training configuration dataclasses shared by every stage (CPT, CL).
+
+Each field carries an attribute docstring; :mod:`moca_train.cli` reads those docstrings for ``--help``
+and maps YAML recipes (``configs/{cpt,cl}/*.yaml``) plus dotted overrides (``--train.learning_rate 1e-4``)
+onto these classes. ``__post_init__`` only validates (house-style rule 7): no loading, no printing.
+Derived values are methods. A stage config composes :class:`ModelConfig` and :class:`TrainConfig`
+with its own data/loss sections; :class:`CLConfig` lives here, a CPT config may live here or in its
+own module (``moca_train/cpt_config.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _check(ok: bool, name: str, message: str) -> None:
+    """Raise ``ValueError`` naming the offending option (``--section.field``)."""
+    if not ok:
+        raise ValueError(f"--{name}: {message}")
+
+
+@dataclass
+class LoraConfig:
+    """Optional LoRA/DoRA adapters (peft) on the text decoder; the saved model is always merged."""
+
+    enabled: bool = False
+    """Train LoRA adapters instead of all weights (the reference models were fully fine-tuned)."""
+    r: int = 16
+    """Adapter rank (reference LoRA path: 16)."""
+    alpha: int = 64
+    """LoRA scaling numerator ``lora_alpha`` (reference: 64)."""
+    dropout: float = 0.1
+    """Dropout on the adapter input (reference: 0.1)."""
+    use_dora: bool = False
+    """Weight-decomposed LoRA (the reference's LoRA path used DoRA)."""
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Module-name suffixes that get adapters (text decoder projections by default)."""
+
+    def __post_init__(self) -> None:
+        _check(self.r > 0, "model.lora.r", f"must be > 0, got {self.r}")
+        _check(0.0 <= self.dropout < 1.0, "model.lora.dropout", f"must be in [0, 1), got {self.dropout}")
+        _check(bool(self.target_modules), "model.lora.target_modules", "must name at least one module")
+
+
+@dataclass
+class ModelConfig:
+    """Which weights to start from and how to run them."""
+
+    init_from: str = ""
+    """Checkpoint directory (or hub id) to start from: a CPT checkpoint, a released MoCa model or a Qwen2.5-VL base."""
+    processor_from: str | None = None
+    """Where to load the tokenizer/image processor from; default: ``init_from``."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Parameter dtype. Keep float32 with ``train.mixed_precision: bf16`` (fp32 master weights), or
+    bfloat16 to save memory."""
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = None
+    """Attention backend; None picks flash_attention_2 on CUDA when installed, else sdpa."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (non-reentrant) to save memory."""
+    min_pixels: int | None = None
+    """Lower image-size bound in pixels; None keeps the checkpoint's ``moca_config.json`` or MoCa's 256*28*28."""
+    max_pixels: int | None = None
+    """Upper image-size bound in pixels; None keeps the checkpoint's ``moca_config.json`` or MoCa's 1024*28*28."""
+    max_length: int | None = None
+    """Token limit after image expansion; None keeps the checkpoint's or MoCa's 1280."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA options (off by default)."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.init_from), "model.init_from", "is required (a checkpoint directory or hub id)")
+        _check(self.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
+        for name in ("min_pixels", "max_pixels", "max_length"):
+            value = getattr(self, name)
+            _check(value is None or value > 0, f"model.{name}", f"must be > 0, got {value}")
+        if self.min_pixels is not None and self.max_pixels is not None:
+            _check(self.min_pixels <= self.max_pixels, "model.min_pixels", "must be <= model.max_pixels")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, logging and checkpointing, independent of the stage."""
+
+    output_dir: str = "runs/default"
+    """Run directory: ``checkpoint-<step>/`` folders (each a loadable model + ``train_state/``) and logs."""
+    seed: int = 0
+    """Seed for model-independent randomness (data order, masking, dropout)."""
+    max_steps: int = 1000
+    """Number of optimizer steps."""
+    learning_rate: float = 1e-5
+    """Peak learning rate (AdamW)."""
+    warmup_ratio: float = 0.05
+    """Fraction of ``max_steps`` with linear warmup from 0; then linear decay to 0."""
+    weight_decay: float = 0.0
+    """AdamW weight decay on matrices (biases and norms are never decayed); HF default 0."""
+    adam_beta1: float = 0.9
+    """AdamW beta1."""
+    adam_beta2: float = 0.999
+    """AdamW beta2."""
+    adam_epsilon: float = 1e-8
+    """AdamW epsilon."""
+    grad_accum_steps: int = 1
+    """Micro-batches accumulated per optimizer step (each rank). Contrastive stages keep 1 and use GradCache."""
+    max_grad_norm: float | None = 5.0
+    """Clip the global gradient norm to this value (reference: 5.0); None disables clipping."""
+    mixed_precision: Literal["no", "bf16"] = "no"
+    """Autocast: ``bf16`` on GPU (the reference's setting), ``no`` for exact CPU runs."""
+    log_every: int = 10
+    """Log averaged metrics every N steps (stdout, and the trackers in ``report_to``)."""
+    save_every: int = 500
+    """Write a checkpoint every N steps (and always at the end); 0 saves only at the end."""
+    keep_last: int | None = 2
+    """Keep only this many most recent checkpoints (the final one is always kept); None keeps all."""
+    resume: str | None = "auto"
+    """``auto``: continue from the newest checkpoint in ``output_dir`` if any; a path: from that
+    checkpoint; None: start fresh."""
+    report_to: Literal["none", "tensorboard", "wandb"] = "none"
+    """Extra experiment tracker (needs the ``tensorboard`` or ``wandb`` package)."""
+    run_name: str | None = None
+    """Tracker run name; default: the basename of ``output_dir``."""
+    progress_bar: bool = True
+    """Show a tqdm bar on the main process."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.output_dir), "train.output_dir", "is required")
+        _check(self.max_steps > 0, "train.max_steps", f"must be > 0, got {self.max_steps}")
+        _check(self.learning_rate > 0, "train.learning_rate", f"must be > 0, got {self.learning_rate}")
+        _check(0.0 <= self.warmup_ratio < 1.0, "train.warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        _check(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(self.grad_accum_steps >= 1, "train.grad_accum_steps", f"must be >= 1, got {self.grad_accum_steps}")
+        _check(self.max_grad_norm is None or self.max_grad_norm > 0, "train.max_grad_norm", "must be > 0 or null")
+        _check(self.mixed_precision in ("no", "bf16"), "train.mixed_precision", "must be 'no' or 'bf16'")
+        _check(self.log_every >= 1, "train.log_every", f"must be >= 1, got {self.log_every}")
+        _check(self.save_every >= 0, "train.save_every", f"must be >= 0, got {self.save_every}")
+        _check(self.keep_last is None or self.keep_last >= 1, "train.keep_last", "must be >= 1 or null")
+        _check(self.report_to in ("none", "tensorboard", "wandb"), "train.report_to", "must be none|tensorboard|wandb")
+
+    def warmup_steps(self) -> int:
+        """Warmup length in optimizer steps."""
+        return int(self.warmup_ratio * self.max_steps)
+
+
+@dataclass
+class CLDatasetConfig:
+    """One contrastive training source (one task for same-task batching)."""
+
+    name: str = ""
+    """Task name (used for same-task batching and logs)."""
+    path: str = ""
+    """A ``.jsonl`` / ``.json`` / ``.parquet`` file, a ``datasets.save_to_disk`` directory, or a hub dataset id."""
+    subset: str | None = None
+    """Hub dataset configuration (e.g. ``ImageNet_1K`` of MMEB-train); ignored for files."""
+    split: str = "train"
+    """Split to read (hub datasets and ``save_to_disk`` dataset dicts)."""
+    image_dir: str = ""
+    """Directory that relative image paths are resolved against ('' = relative to the data file)."""
+    max_rows: int | None = None
+    """Random subsample of this many rows (with ``data.seed``); None keeps all (reference: first 50K)."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.path), "data.datasets[].path", "is required")
+        _check(self.max_rows is None or self.max_rows > 0, "data.datasets[].max_rows", "must be > 0 or null")
+
+
+@dataclass
+class CLDataConfig:
+    """Contrastive data: sources, hard negatives, batching."""
+
+    datasets: list[CLDatasetConfig] = field(default_factory=list)
+    """Training sources; each is one task."""
+    num_negatives: int = 2
+    """Hard negatives per query (paper and script: 2); 0 trains on in-batch negatives only."""
+    few_negatives: Literal["repeat", "drop"] = "repeat"
+    """Rows with fewer than ``num_negatives``: ``repeat`` cycles the ones they have (reference behaviour; rows
+    with none are dropped), ``drop`` drops them. Dropped rows are counted in the log."""
+    global_batch_size: int = 2048
+    """Queries per optimizer step over all ranks (paper: 2048). Must be divisible by the number of ranks."""
+    same_task_batches: bool = True
+    """All ranks draw each global batch from one task (paper §2.3); False mixes tasks at random."""
+    seed: int = 0
+    """Seed for subsampling and batch order."""
+    num_workers: int = 0
+    """DataLoader worker processes that read images and tokenise ahead of the GPU."""
+    drop_missing_images: bool = True
+    """Check image files while loading and skip rows whose images are missing (counted). Unreadable files
+    found later are replaced by another row of the same task (counted), never fatal."""
+
+    def __post_init__(self) -> None:
+        _check(self.num_negatives >= 0, "data.num_negatives", f"must be >= 0, got {self.num_negatives}")
+        _check(self.few_negatives in ("repeat", "drop"), "data.few_negatives", "must be 'repeat' or 'drop'")
+        _check(self.global_batch_size >= 2, "data.global_batch_size", f"must be >= 2, got {self.global_batch_size}")
+        _check(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
+
+    def local_batch_size(self, world_size: int) -> int:
+        """Queries each rank processes per step.
+
+        Raises:
+            ValueError: ``global_batch_size`` is not divisible by ``world_size``.
+        """
+        _check(
+            self.global_batch_size % world_size == 0,
+            "data.global_batch_size",
+            f"{self.global_batch_size} is not divisible by the {world_size} ranks",
+        )
+        return self.global_batch_size // world_size
+
+
+@dataclass
+class CLLossConfig:
+    """InfoNCE and gradient caching."""
+
+    temperature: float = 0.03
+    """Softmax temperature (paper and script: 0.03)."""
+    other_negatives: bool = True
+    """Score each query against every query's hard negatives (paper Eq. 3) rather than only its own (released code)."""
+    mask_false_negatives: bool = True
+    """Mask candidates whose content equals the query's positive (duplicate labels, padding duplicates)."""
+    gradcache: bool = True
+    """Gradient caching: a global batch of any size in bounded memory, same gradients as one big batch."""
+    chunk_size: int = 32
+    """Rows per forward pass when ``gradcache`` is on (memory knob; has no effect on the gradients)."""
+
+    def __post_init__(self) -> None:
+        _check(self.temperature > 0, "loss.temperature", f"must be > 0, got {self.temperature}")
+        _check(self.chunk_size >= 1, "loss.chunk_size", f"must be >= 1, got {self.chunk_size}")
+
+
+@dataclass
+class CLConfig:
+    """``python -m moca_train.cl``: contrastive fine-tuning (moca-method.md §4)."""
+
+    model: ModelConfig
+    """Starting weights and runtime options."""
+    data: CLDataConfig
+    """Training data."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation, logging, checkpoints."""
+    loss: CLLossConfig = field(default_factory=CLLossConfig)
+    """Contrastive loss."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.data.datasets), "data.datasets", "must list at least one dataset")
+        # One step = one contrastive batch; accumulating separate batches would not add in-batch negatives.
+        _check(self.train.grad_accum_steps == 1, "train.grad_accum_steps", "must be 1 for CL (use loss.gradcache)")
