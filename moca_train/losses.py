@@ -124,3 +124,46 @@ def info_nce(
         neg_ids=neg_ids,
     )
     return F.cross_entropy(logits, targets)
+
+
+def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Masked-language-modelling cross-entropy, averaged over scored positions.
+
+    The denominator is the number of scored positions (at least 1), so a micro-batch without any
+    masked token gives 0, not NaN (moca-method.md §7 item 9).
+
+    Args:
+        logits: (..., V) vocabulary logits.
+        labels: (...) target ids, ``-100`` where unscored.
+
+    Returns:
+        Scalar float32 loss.
+    """
+    labels = labels.reshape(-1)  # (M,)
+    total = F.cross_entropy(logits.reshape(labels.shape[0], -1).float(), labels, ignore_index=-100, reduction="sum")
+    return total / (labels != -100).sum().clamp(min=1)
+
+
+def mim_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Masked-image-modelling MSE over the masked tokens' values only (MoCa's MAE term).
+
+    The denominator is the number of masked values (at least 1): no masked patch gives 0, not NaN.
+
+    Args:
+        pred: (N, F) predicted pixels per merged visual token.
+        target: (N, F) original (normalised) pixels.
+        mask: (N,) bool, True for tokens that were noised; None scores every token.
+
+    Returns:
+        Scalar float32 loss.
+    """
+    err = (pred.float() - target.float()).pow(2)  # (N, F)
+    if mask is None:
+        return err.sum() / max(err.numel(), 1)
+    scored = err[mask]  # (M, F): selecting (not multiplying by 0) keeps NaNs of unscored rows out
+    return scored.sum() / max(scored.numel(), 1)
+
+
+def cpt_objective(mlm: torch.Tensor, mae: torch.Tensor, *, mae_weight: float) -> torch.Tensor:
+    """MoCa's CPT objective L = MLM + w * MAE (paper w = 0.5; reference script 0.1)."""
+    return mlm + mae_weight * mae
