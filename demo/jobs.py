@@ -1,0 +1,141 @@
+"""Run the demo's command-line stages as subprocesses: a small dependency graph, N at a time, with progress.
+
+Each :class:`Job` is one real entry point (``python -m moca_train.cl ...``, ``vidore-benchmark ...``)
+whose output goes to a log file. While jobs run, one tqdm bar per running job shows its progress (a
+training job reports its step from the engine's ``log.jsonl``), and a failing job stops the run with the
+tail of its log. A job whose ``done`` check already holds is skipped, so an interrupted demo resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+POLL_S = 0.5
+
+
+class JobFailedError(RuntimeError):
+    """A stage's command exited non-zero (the message carries the tail of its log)."""
+
+
+@dataclass
+class Job:
+    """One command of the pipeline."""
+
+    name: str
+    """Unique name; other jobs list it in ``deps``."""
+    argv: list[str]
+    """The command (run from the repository root)."""
+    log: Path
+    """File that receives the command's stdout and stderr."""
+    deps: tuple[str, ...] = ()
+    """Jobs that must finish first."""
+    total: int = 1
+    """Progress units (optimizer steps for training jobs)."""
+    progress: Callable[[], int] | None = None
+    """Current progress in units; None shows the job as 0 until it ends."""
+    done: Callable[[], bool] | None = None
+    """True when the job's outputs already exist (the job is then skipped)."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment variables."""
+    seconds: float = 0.0
+    """Wall time once finished (0 when skipped)."""
+
+
+def train_progress(output_dir: Path) -> Callable[[], int]:
+    """A progress reader for a training run: the last step in ``output_dir/log.jsonl``."""
+
+    def read() -> int:
+        path = Path(output_dir) / "log.jsonl"
+        try:
+            lines = path.read_text().strip().splitlines()
+            return int(json.loads(lines[-1])["step"]) if lines else 0
+        except (OSError, ValueError, KeyError, IndexError):
+            return 0
+
+    return read
+
+
+def _tail(path: Path, n: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def run_jobs(jobs: list[Job], *, max_parallel: int = 2, show_progress: bool = True, cwd: Path | None = None) -> None:
+    """Run ``jobs`` respecting ``deps``, at most ``max_parallel`` at once.
+
+    Raises:
+        JobFailedError: a command exited non-zero (the other running jobs are terminated first).
+        ValueError: unknown dependency or a cycle.
+    """
+    names = {j.name for j in jobs}
+    for j in jobs:
+        missing = set(j.deps) - names
+        if missing:
+            raise ValueError(f"job {j.name!r} depends on unknown {sorted(missing)}")
+    pending = list(jobs)
+    finished: set[str] = set()
+    running: dict[str, tuple[Job, subprocess.Popen, tqdm, float, object]] = {}
+    base_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    slot = 0
+    try:
+        while pending or running:
+            for job in [j for j in pending if set(j.deps) <= finished]:
+                if job.done is not None and job.done():
+                    logger.info("%s: outputs exist, skipped", job.name)
+                    pending.remove(job)
+                    finished.add(job.name)
+                    continue
+                if len(running) >= max_parallel:
+                    break
+                pending.remove(job)
+                job.log.parent.mkdir(parents=True, exist_ok=True)
+                handle = job.log.open("w")
+                proc = subprocess.Popen(
+                    job.argv, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd, env={**base_env, **job.env}
+                )
+                bar = tqdm(total=job.total, desc=f"{job.name:<14}", position=slot % max(max_parallel, 1),
+                           leave=True, disable=not show_progress, dynamic_ncols=True)  # fmt: skip
+                slot += 1
+                running[job.name] = (job, proc, bar, time.perf_counter(), handle)
+            if not running and pending:
+                raise ValueError(f"unsatisfiable dependencies: {[j.name for j in pending]}")
+            time.sleep(POLL_S)
+            for name, (job, proc, bar, start, handle) in list(running.items()):
+                if job.progress is not None:
+                    bar.n = min(job.progress(), job.total)
+                    bar.refresh()
+                code = proc.poll()
+                if code is None:
+                    continue
+                handle.close()
+                del running[name]
+                job.seconds = time.perf_counter() - start
+                if code != 0:
+                    bar.close()
+                    raise JobFailedError(
+                        f"{job.name} failed (exit {code}); command: {' '.join(job.argv)}\n"
+                        f"last lines of {job.log}:\n{_tail(job.log)}"
+                    )
+                bar.n = job.total
+                bar.set_postfix_str(f"{job.seconds:.0f}s")
+                bar.close()
+                finished.add(name)
+    finally:
+        for job, proc, bar, _, handle in running.values():
+            proc.terminate()
+            proc.wait()
+            handle.close()
+            bar.close()
