@@ -38,7 +38,11 @@ def check_transformers_version() -> None:
 
 
 def rope_index(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_grid_thw: torch.Tensor | None, image_token_id: int
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    image_grid_thw: torch.Tensor | None,
+    image_token_id: int,
 ) -> torch.Tensor:
     """3-D mRoPE positions of a batch, as Qwen2.5-VL computes them over attended tokens.
 

@@ -44,7 +44,7 @@ def item_key(item: Item) -> tuple:
 
 
 class MoCaEncoder:
-    """Encode text, images and interleaved inputs into unit-norm MoCa embeddings.
+    r"""Encode text, images and interleaved inputs into unit-norm MoCa embeddings.
 
     Example:
         >>> enc = MoCaEncoder.from_pretrained("moca-embed/MoCa-Qwen25VL-3B")  # doctest: +SKIP
@@ -150,7 +150,9 @@ class MoCaEncoder:
                 first_index[key] = len(originals)
                 originals.append(i)
             inverse[i] = first_index[key]
-        lengths = [self.processor.estimate_length(normalized[originals[u]], originals[u]) for u in range(len(originals))]
+        lengths = [
+            self.processor.estimate_length(normalized[originals[u]], originals[u]) for u in range(len(originals))
+        ]
         order = sorted(range(len(originals)), key=lambda u: -lengths[u])
         batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
         out = np.zeros((len(originals), self.dim), dtype=np.float32)

@@ -93,7 +93,9 @@ def fit_for_qwen(image: Image.Image, index: int) -> Image.Image:
         w, h = image.size
     if max(w, h) / min(w, h) > MAX_ASPECT:
         new_w, new_h = (w, -(-w // MAX_ASPECT)) if w > h else (-(-h // MAX_ASPECT), h)
-        logger.warning("item %d: aspect ratio %dx%d exceeds %d; padding to %dx%d", index, w, h, MAX_ASPECT, new_w, new_h)
+        logger.warning(
+            "item %d: aspect ratio %dx%d exceeds %d; padding to %dx%d", index, w, h, MAX_ASPECT, new_w, new_h
+        )
         canvas = Image.new("RGB", (new_w, new_h), (255, 255, 255))
         canvas.paste(image, ((new_w - w) // 2, (new_h - h) // 2))
         image = canvas

@@ -100,9 +100,7 @@ def default_attn_implementation(device: torch.device) -> str:
     return "sdpa"
 
 
-def load_model(
-    path: Path, *, device: torch.device, dtype: torch.dtype, attn_implementation: str
-) -> MoCaModel:
+def load_model(path: Path, *, device: torch.device, dtype: torch.dtype, attn_implementation: str) -> MoCaModel:
     """Load ``MoCaModel`` from a local checkpoint directory in any supported layout.
 
     Args:

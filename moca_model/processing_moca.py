@@ -133,7 +133,11 @@ class MoCaProcessor:
         path = Path(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
         tokenizer.padding_side = "right"
-        settings = {"min_pixels": DEFAULT_MIN_PIXELS, "max_pixels": DEFAULT_MAX_PIXELS, "max_length": DEFAULT_MAX_LENGTH}
+        settings = {
+            "min_pixels": DEFAULT_MIN_PIXELS,
+            "max_pixels": DEFAULT_MAX_PIXELS,
+            "max_length": DEFAULT_MAX_LENGTH,
+        }
         if (path / MOCA_CONFIG_FILE).is_file():
             settings.update(json.loads((path / MOCA_CONFIG_FILE).read_text()))
         settings.update({k: v for k, v in overrides.items() if v is not None})
@@ -209,7 +213,9 @@ class MoCaProcessor:
                 "raise max_length or lower max_pixels"
             )
         if keep_images < len(starts):
-            logger.warning("item %d: truncated to %d tokens; dropped %d image(s)", index, cut, len(starts) - keep_images)
+            logger.warning(
+                "item %d: truncated to %d tokens; dropped %d image(s)", index, cut, len(starts) - keep_images
+            )
         grid = enc.image_grid_thw[:keep_images]
         rows = int(grid.prod(-1).sum())
         return Encoded(ids[:cut], enc.pixel_values[:rows], grid)

@@ -47,7 +47,10 @@ def mixed_items():
         "x",
         long_text[:100],
         draw_image(400, 120, 7),
-        {"text": "<|image_1|>\nRepresent the given image with the following question: what colour?", "image": draw_image(80, 80, 8)},
+        {
+            "text": "<|image_1|>\nRepresent the given image with the following question: what colour?",
+            "image": draw_image(80, 80, 8),
+        },
         "Le rapport annuel de l'entreprise",
         {"text": "\nRepresent the given document image.", "image": draw_image(150, 100, 9)},
         "the last item " * 5,

@@ -82,6 +82,8 @@ def test_checkpoint_without_tokenizer_uses_processor_path(tiny_dir, tmp_path, mi
         shutil.copy(tiny_dir / name, tmp_path / "weights" / name)
     enc = MoCaEncoder.from_pretrained(tmp_path / "weights", device="cpu", processor_name_or_path=tiny_dir)
     ref = MoCaEncoder.from_pretrained(tiny_dir, device="cpu")
-    assert np.array_equal(enc.encode(mixed_items[:4], show_progress=False), ref.encode(mixed_items[:4], show_progress=False))
+    assert np.array_equal(
+        enc.encode(mixed_items[:4], show_progress=False), ref.encode(mixed_items[:4], show_progress=False)
+    )
     with pytest.raises(MoCaLoadError, match="Qwen/Qwen2.5-VL-3B-Instruct"):  # the reference's default, offline
         MoCaEncoder.from_pretrained(tmp_path / "weights", device="cpu")

@@ -29,7 +29,9 @@ def test_defaults_are_the_papers(paper_processor):
     assert DEFAULT_MIN_PIXELS == 256 * 28 * 28 and DEFAULT_MAX_PIXELS == 1024 * 28 * 28
 
 
-@pytest.mark.parametrize(("size", "lo", "hi"), [((64, 64), 256, 300), ((3000, 4000), 900, 1024), ((1000, 700), 256, 1024)])
+@pytest.mark.parametrize(
+    ("size", "lo", "hi"), [((64, 64), 256, 300), ((3000, 4000), 900, 1024), ((1000, 700), 256, 1024)]
+)
 def test_visual_token_count_stays_within_bounds(paper_processor, size, lo, hi):
     enc = paper_processor.process(normalize_item(draw_image(*size), 0), 0)
     n = sum(1 for t in enc.input_ids if t == paper_processor.image_token_id)
