@@ -1,0 +1,171 @@
+r"""``python -m moca_train.cpt``: modality-aware continual pre-training (MoCa stage 1, moca-method.md §3).
+
+One forward pass over interleaved text+image rows in which text tokens are masked (MLM through the
+tied LM head) and merged image patches are noised (MAE through a one-layer bidirectional decoder);
+L = MLM + w * MAE, both terms logged. Cost-bucketed micro-batches give every rank its own share of
+the same global batch; the accelerate engine (:mod:`moca_train.engine`) does bf16, accumulation,
+clipping, warmup + linear decay, checkpoints and exact resume. Checkpoints load with
+``MoCaEncoder.from_pretrained(checkpoint_dir)``; the heads sit beside the weights in
+``cpt_heads.safetensors``, which every loader ignores.
+
+Commands (each also takes dotted overrides, e.g. ``--train.max_steps 100``; ``--help`` lists all)::
+
+    # CPU, minutes: a tiny random checkpoint and a tiny generated corpus
+    python -m moca_model.tiny /tmp/tiny
+    python -m moca_train.cpt --config configs/cpt/tiny.yaml --model.init_from /tmp/tiny \
+        --data.sources '[{path: /tmp/cpt.jsonl}]'
+
+    # one GPU
+    python -m moca_train.cpt --config configs/cpt/qwen25vl_3b.yaml
+
+    # one node, 8 GPUs (DDP)
+    torchrun --nproc_per_node 8 -m moca_train.cpt --config configs/cpt/qwen25vl_3b.yaml
+
+    # FSDP or DeepSpeed ZeRO-3 (the reference's engine): an accelerate config file picks the backend
+    accelerate launch --config_file fsdp_or_zero3.yaml -m moca_train.cpt --config configs/cpt/qwen25vl_7b.yaml
+
+    # 4 nodes x 8 GPUs (the paper's 32 H100s); run on every node with its NODE_RANK
+    torchrun --nnodes 4 --nproc_per_node 8 --node_rank $NODE_RANK \
+        --rdzv_backend c10d --rdzv_endpoint $MASTER_ADDR:29500 \
+        -m moca_train.cpt --config configs/cpt/qwen25vl_3b.yaml
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import torch
+
+from moca_train.cli import parse_config
+from moca_train.cpt_config import CPTConfig
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from moca_model import MoCaProcessor
+    from moca_train.cpt_model import CPTModule
+
+logger = logging.getLogger(__name__)
+
+HEADS_FILE = "cpt_heads.safetensors"
+
+
+def cpt_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    """The engine's ``loss_fn``: move the micro-batch to the model's device, forward, report both terms."""
+    from accelerate.utils import send_to_device
+
+    batch = send_to_device(batch, next(model.parameters()).device)
+    out = model(batch["inputs"], batch["mlm_labels"], batch["mae_target"], batch["mae_mask"])
+    attn = batch["inputs"]["attention_mask"]
+    logs = {
+        "mlm": out["mlm"].item(),
+        "mae": out["mae"].item(),
+        "mlm_tokens": float(out["mlm_count"]),
+        "mae_patches": float(out["mae_count"]),
+        "tokens": float(attn.sum()),
+        "rows": float(attn.shape[0]),
+    }
+    return out["loss"], logs
+
+
+def make_save_fn(processor: MoCaProcessor):
+    """Engine ``save_model_fn``: encoder as a loadable checkpoint + processor + heads in their own file."""
+    from safetensors.torch import save_file
+
+    from moca_train.cpt_model import ENCODER_PREFIX
+
+    def save(model: CPTModule, directory: Path, state_dict: dict | None) -> None:
+        state = state_dict if state_dict is not None else model.state_dict()
+        encoder = {k[len(ENCODER_PREFIX) :]: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
+        heads = {k: v.detach().cpu().contiguous() for k, v in state.items() if not k.startswith(ENCODER_PREFIX)}
+        model.encoder.save_pretrained(directory, state_dict=encoder, safe_serialization=True)
+        processor.save_pretrained(directory)
+        if heads:
+            save_file(heads, str(directory / HEADS_FILE), metadata={"format": "pt"})
+
+    return save
+
+
+def build_batches(cfg: CPTConfig, processor: MoCaProcessor, mask_token_id: int | None, *, accelerator):
+    """Corpus (statistics cached, built by the main process first) -> this rank's stateful micro-batches."""
+    from moca_train.cpt_batches import CPTBatches
+    from moca_train.cpt_collator import CPTCollator, MaskingSettings
+    from moca_train.cpt_data import CPTCorpus
+    from moca_train.masking import special_token_ids
+
+    obj = cfg.objective
+    settings = MaskingSettings(
+        mask_token_id=-1 if mask_token_id is None else mask_token_id,
+        never_mask_ids=special_token_ids(processor.tokenizer),
+        p_text=obj.p_text,
+        p_image=obj.p_image,
+        use_mlm=obj.use_mlm,
+        use_mae=obj.use_mae,
+        shift_labels=obj.shift_labels,
+        noise=obj.noise,
+        normalize_targets=obj.normalize_targets,
+        dummy_image=cfg.data.dummy_image,
+        pad_to_multiple_of=cfg.data.pad_to_multiple_of,
+    )
+    max_length = processor.max_length or torch.iinfo(torch.int64).max
+    with accelerator.main_process_first():
+        corpus = CPTCorpus(
+            cfg.data.sources, processor, seed=cfg.data.seed, cache_dir=cfg.cache_dir(), max_length=max_length
+        )
+    return CPTBatches(
+        corpus,
+        CPTCollator(processor, settings),
+        token_budget=cfg.data.token_budget,
+        world_size=accelerator.num_processes,
+        rank=accelerator.process_index,
+        seed=cfg.data.seed,
+        drop_last=cfg.data.drop_last,
+        num_workers=cfg.data.num_workers,
+    )
+
+
+def run(cfg: CPTConfig) -> list[dict[str, float]]:
+    """Continual pre-training per ``cfg``; returns the per-step history (see :func:`moca_train.engine.train`)."""
+    from moca_model.loading import resolve_checkpoint
+    from moca_train.cpt_model import CPTModule, add_mask_token
+    from moca_train.engine import build_accelerator, train
+    from moca_train.modeling import build_model
+
+    accelerator = build_accelerator(cfg.train)
+    torch.manual_seed(cfg.train.seed)  # MAE projection init
+    encoder, processor = build_model(cfg.model)
+    mask_id = add_mask_token(processor.tokenizer, encoder, cfg.objective.mask_token) if cfg.objective.use_mlm else None
+    module = CPTModule(
+        encoder,
+        use_mlm=cfg.objective.use_mlm,
+        use_mae=cfg.objective.use_mae,
+        mae_weight=cfg.objective.mae_weight,
+        checkpoint_dir=resolve_checkpoint(cfg.model.init_from),
+    )
+    batches = build_batches(cfg, processor, mask_id, accelerator=accelerator)
+    if accelerator.is_main_process:
+        n_params = sum(p.numel() for p in module.parameters())
+        logger.info("CPT: %d rows, %d micro-batches/epoch/rank, %d parameters", len(batches.corpus),
+                    batches.steps_per_epoch(), n_params)  # fmt: skip
+    return train(
+        model=module,
+        batches=batches,
+        cfg=cfg.train,
+        loss_fn=cpt_loss,
+        save_model_fn=make_save_fn(processor),
+        run_config=cfg,
+        accelerator=accelerator,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``--config`` YAML files and dotted overrides into :class:`CPTConfig`, then :func:`run`."""
+    cfg = parse_config(argv, CPTConfig, prog="python -m moca_train.cpt")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
