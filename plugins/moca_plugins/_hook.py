@@ -13,6 +13,11 @@ Constraints, because this runs in every Python process of the environment:
 - standard library only, and nothing is imported at start-up beyond ``sys``;
 - a broken plug-in logs a warning and never breaks the harness;
 - :func:`install` is idempotent.
+
+Circular imports: when a plug-in's own module is imported first (``from moca_bench.mteb_models import
+...`` before ``import mteb``), it imports the harness, whose registry then loads the entry point while
+that module is still half-initialised. Such an entry point is kept pending instead of failing; the
+module calls :func:`retry_pending` at its end, once its names exist.
 """
 
 import sys
@@ -23,6 +28,7 @@ _TARGETS = {
     "mteb.models.model_implementations": "mteb.models",
 }
 _loaded: set = set()
+_pending: list = []  # (group, entry point) whose load met a module still being imported
 
 
 def _register_vidore(name, obj):
@@ -50,15 +56,30 @@ def load_plugins(target):
         return
     _loaded.add(target)
     group = _TARGETS[target]
-    import logging
     from importlib.metadata import entry_points
 
-    log = logging.getLogger("moca_plugins")
     for ep in entry_points(group=group):
-        try:
-            _REGISTER[group](ep.name, ep.load())
-        except Exception as exc:  # a broken plug-in must never break the harness
-            log.warning("plug-in %r of group %r failed to load: %r", ep.name, group, exc)
+        _load(group, ep)
+
+
+def _load(group, ep):
+    import logging
+
+    try:
+        _REGISTER[group](ep.name, ep.load())
+    except Exception as exc:  # a broken plug-in must never break the harness
+        if isinstance(exc, (ImportError, AttributeError)) and "partially initialized module" in str(exc):
+            _pending.append((group, ep))  # circular import: the module calls retry_pending() once complete
+            return
+        logging.getLogger("moca_plugins").warning("plug-in %r of group %r failed to load: %r", ep.name, group, exc)
+
+
+def retry_pending():
+    """Load the entry points deferred by a circular import; a plug-in module calls this at its end."""
+    pending = _pending[:]
+    _pending.clear()
+    for group, ep in pending:
+        _load(group, ep)
 
 
 class _LoaderWrapper:
