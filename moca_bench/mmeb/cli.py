@@ -1,0 +1,87 @@
+"""``python -m moca_bench.mmeb``: parse the command line into an :class:`MMEBConfig` and run it.
+
+Examples:
+    python -m moca_bench.mmeb --model moca-embed/MoCa-Qwen25VL-3B --data-dir /data/MMEB-eval
+    torchrun --nproc_per_node 8 -m moca_bench.mmeb --model moca-embed/MoCa-Qwen25VL-7B --data-dir /data/MMEB-eval
+    python -m moca_bench.mmeb --model ./tiny --data-dir ./mmeb-sample --subsets VQA --max-rows 10 --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from moca_bench.metrics import TIE_RULES
+from moca_bench.mmeb.config import MMEBConfig
+
+_EPILOG = """\
+Results: <output-dir>/<model-name>/mmeb.json (per dataset, meta-task, IND/OOD, overall, counts, ties, bad rows,
+timings, versions) and mmeb.md (table next to the published MoCa-3B/7B numbers).
+Bad rows (a query or candidate whose image is missing or unreadable) are skipped and counted per subset.
+Cache: one safetensors file per subset, keyed by the checkpoint's files and the preprocessing settings; a
+killed run resumes without re-encoding finished subsets. Under torchrun the unique inputs are sharded across
+ranks (NCCL on GPUs, gloo on CPU)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; every option maps to one :class:`MMEBConfig` field."""
+    p = argparse.ArgumentParser(
+        prog="python -m moca_bench.mmeb", description=__doc__.split("\n\n")[0], epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    a = p.add_argument
+    a("--model", required=True, help="checkpoint directory or hub id (e.g. moca-embed/MoCa-Qwen25VL-3B)")
+    a("--model-name", help="results folder name under --output-dir (default: the checkpoint's folder name)")
+    a("--data-dir", help="local TIGER-Lab/MMEB-eval copy: <Subset>/test-*.parquet + unpacked images.zip "
+                         "(default: download from the hub)")  # fmt: skip
+    a("--image-root", help="folder the image paths are relative to (default: found below --data-dir)")
+    a("--dataset", default=MMEBConfig.dataset, help="hub dataset id without --data-dir (default %(default)s)")
+    a("--dataset-revision", help="hub dataset revision; pin it for comparable numbers")
+    a("--split", default=MMEBConfig.split, help="dataset split (default %(default)s)")
+    a("--subsets", nargs="+", metavar="NAME",
+      help="subsets, meta-tasks (Classification VQA Retrieval Grounding), IND, OOD or all (default all 36)")
+    a("--max-rows", type=int, help="first N rows per subset only (smoke runs; not comparable to the paper)")
+    a("--output-dir", default=MMEBConfig.output_dir, help="results root (default %(default)s)")
+    a("--cache-dir", help="embedding cache root (default $MOCA_CACHE_DIR or ~/.cache/moca_bench, then /mmeb)")
+    a("--no-cache", action="store_true", help="neither read nor write cached embeddings")
+    a("--batch-size", type=int, default=MMEBConfig.batch_size, help="items per forward pass (default %(default)s)")
+    a("--chunk-size", type=int, default=MMEBConfig.chunk_size,
+      help="items per encoder call: progress and bad-image recovery granularity (default %(default)s)")
+    a("--num-workers", type=int, help="batch-preparation threads (default 2 on CUDA, 0 on CPU)")
+    a("--device", help="cuda or cpu (default cuda when available; torchrun ranks use cuda:LOCAL_RANK)")
+    a("--dtype", help="bfloat16 or float32 (default bfloat16 on CUDA, float32 on CPU)")
+    a("--attn-implementation", help="sdpa, eager or flash_attention_2 (default flash-attn when installed on CUDA)")
+    a("--min-pixels", type=int, help="per-image lower bound (default the checkpoint's, else 256*28*28)")
+    a("--max-pixels", type=int, help="per-image upper bound (default the checkpoint's, else 1024*28*28)")
+    a("--max-length", type=int, help="token limit after image expansion (default 1280, as the reference)")
+    a("--revision", help="model revision on the hub")
+    a("--processor", help="tokenizer source when the checkpoint has none (default Qwen/Qwen2.5-VL-3B-Instruct)")
+    a("--tie-rule", choices=TIE_RULES, default=MMEBConfig.tie_rule,
+      help="exact score ties: first = reference (lowest index wins, i.e. the ground truth), pessimistic, "
+           "optimistic or expected (default %(default)s); tied rows are reported whatever the rule")  # fmt: skip
+    a("--strict", action="store_true", help="fail on a missing or unreadable image instead of skipping its rows")
+    a("--published", help="published numbers JSON for the table (default <output-dir>/published/mmeb.json)")
+    a("--no-progress", action="store_true", help="hide progress bars")
+    a("--log-level", default="INFO", help="logging level (default %(default)s; non-zero ranks log warnings only)")
+    return p
+
+
+def parse_config(argv: list[str] | None = None) -> tuple[MMEBConfig, str]:
+    """Parse ``argv`` into ``(config, log level)``."""
+    args = vars(build_parser().parse_args(argv))
+    log_level = args.pop("log_level")
+    args["progress"] = not args.pop("no_progress")
+    return MMEBConfig(**args), log_level
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    cfg, log_level = parse_config(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=log_level.upper() if rank == 0 else logging.WARNING,
+                        format=f"%(levelname)s [rank {rank}] %(name)s: %(message)s")  # fmt: skip
+    from moca_bench.mmeb.runner import run
+
+    run(cfg)
+    return 0

@@ -1,0 +1,148 @@
+"""Results of an MMEB run: ``<output_dir>/<model>/mmeb.json`` and a Markdown table beside it.
+
+Aggregates are unweighted means over datasets (reference ``eval.py:272-280``): per meta-task, IND,
+OOD and overall. An aggregate over fewer datasets than the benchmark defines (a ``--subsets`` run, or a
+dataset with no scorable row) is marked ``complete: false`` and flagged in the table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import subprocess
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+
+from moca_bench.mmeb import tasks
+
+logger = logging.getLogger(__name__)
+
+PUBLISHED_FILE = Path("published") / "mmeb.json"
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+_PACKAGES = ("moca-toolkit", "torch", "transformers", "tokenizers", "numpy", "safetensors", "pillow", "datasets")
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(vals) / len(vals) if vals else None
+
+
+def aggregate(scores: Mapping[str, float | None]) -> dict:
+    """Unweighted means of per-dataset scores.
+
+    Args:
+        scores: dataset name -> score (None when it could not be scored).
+
+    Returns:
+        ``{"meta_tasks": {name: agg}, "IND": agg, "OOD": agg, "overall": agg}`` where ``agg`` is
+        ``{"score", "n_datasets", "n_expected", "complete"}``.
+    """
+
+    def agg(names) -> dict:
+        present = [scores[n] for n in names if scores.get(n) is not None]
+        return {"score": _mean(present), "n_datasets": len(present), "n_expected": len(names),
+                "complete": len(present) == len(names)}  # fmt: skip
+
+    return {
+        "meta_tasks": {meta: agg(names) for meta, names in tasks.META_TASKS.items()},
+        "IND": agg(tasks.IND),
+        "OOD": agg(tasks.OOD),
+        "overall": agg(tasks.SUBSETS),
+    }
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages that change the numbers, plus Python and the git commit."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    try:
+        commit = subprocess.run(["git", "-C", str(_REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5, check=False).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    out["git_commit"] = commit or None
+    return out
+
+
+def find_published(explicit: str | None, output_dir: Path) -> Path | None:
+    """The published-numbers file: ``explicit``, else ``<output_dir>/published/mmeb.json``, else the repo's."""
+    candidates = [Path(explicit)] if explicit else []
+    candidates += [output_dir / PUBLISHED_FILE, _REPO_ROOT / "results" / PUBLISHED_FILE]
+    for path in candidates:
+        if path.is_file():
+            return path
+    return None
+
+
+def load_published(path: Path | None) -> dict:
+    """``{model label: {"datasets": {...}, "meta_tasks": {...}, "IND", "OOD", "overall"}}`` or {}."""
+    if path is None:
+        return {}
+    return json.loads(path.read_text(encoding="utf-8")).get("models", {})
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
+def _agg_cell(agg: Mapping) -> str:
+    cell = _fmt(agg["score"])
+    return cell if agg["complete"] or agg["score"] is None else f"{cell} ({agg['n_datasets']}/{agg['n_expected']})"
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def markdown_table(report: Mapping, published: Mapping) -> str:
+    """Markdown: one row per dataset of the run, then meta-task, IND, OOD and overall rows.
+
+    Args:
+        report: the run's results (as written to ``mmeb.json``).
+        published: :func:`load_published` output.
+
+    Returns:
+        The Markdown text.
+    """
+    labels = list(published)
+    header = ["dataset", "meta-task", "split", report["model"]["name"], *[f"{m} (paper)" for m in labels]]
+    lines = [f"# MMEB: {report['model']['name']}", "",
+             f"hit@1 (%), tie rule `{report['tie_rule']}`; aggregates are unweighted means over datasets, "
+             "`(k/n)` marks an aggregate over k of its n datasets.", "",
+             _row(header), "|" + "---|" * len(header)]  # fmt: skip
+    for name, d in report["datasets"].items():
+        pub = [_fmt(published[m].get("datasets", {}).get(name)) for m in labels]
+        lines.append(_row([name, d["meta_task"], d["group"], _fmt(d["score"]), *pub]))
+    aggs = report["aggregates"]
+    rows = [(meta, aggs["meta_tasks"][meta], [published[m].get("meta_tasks", {}).get(meta) for m in labels])
+            for meta in tasks.META_TASKS]  # fmt: skip
+    rows += [(k, aggs[k], [published[m].get(k) for m in labels]) for k in ("IND", "OOD", "overall")]
+    for label, agg, pub in rows:
+        lines.append(_row([f"**{label}**", "", "", f"**{_agg_cell(agg)}**", *(_fmt(p) for p in pub)]))
+    t = report["totals"]
+    lines += ["", f"{t['rows']} rows ({t['bad_rows']} skipped as bad, {t['tied_rows']} decided by the tie rule); "
+              f"{t['unique_items']} unique inputs, {t['encoded_items']} encoded in this run "
+              f"({t['naive_forward_passes']} without de-duplication).", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_report(report: Mapping, out_dir: Path, published_path: Path | None) -> tuple[Path, Path]:
+    """Write ``mmeb.json`` and ``mmeb.md`` into ``out_dir`` atomically; returns both paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / "mmeb.json", out_dir / "mmeb.md"
+    _atomic_write_text(json_path, json.dumps(report, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    _atomic_write_text(md_path, markdown_table(report, load_published(published_path)))
+    return json_path, md_path
