@@ -85,6 +85,8 @@ def build_accelerator(cfg: TrainConfig) -> Accelerator:
     from accelerate import Accelerator
 
     return Accelerator(
+        # without cpu=True accelerate ignores torchrun's WORLD_SIZE on CUDA-less machines: N independent runs
+        cpu=not torch.cuda.is_available(),
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum_steps,
         step_scheduler_with_optimizer=False,  # the engine steps the scheduler once per optimizer step
