@@ -127,8 +127,8 @@ class MoCaEncoder:
             batch_size: items per forward pass.
             show_progress: tqdm progress bar.
             desc: progress-bar label.
-            num_workers: threads that prepare the next batches while the model runs (default 2 on
-                CUDA, 0 on CPU).
+            num_workers: threads that decode and patchify the next batches while the model runs
+                (default 2 on CUDA, 1 on CPU; 0 prepares batches inline).
 
         Returns:
             (N, D) float32 array in the caller's order.
@@ -154,9 +154,9 @@ class MoCaEncoder:
             self.processor.estimate_length(normalized[originals[u]], originals[u]) for u in range(len(originals))
         ]
         order = sorted(range(len(originals)), key=lambda u: -lengths[u])
-        batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+        batches = length_batches(order, lengths, batch_size)
         out = np.zeros((len(originals), self.dim), dtype=np.float32)
-        workers = num_workers if num_workers is not None else (2 if self.device.type == "cuda" else 0)
+        workers = num_workers if num_workers is not None else (2 if self.device.type == "cuda" else 1)
         bar = tqdm(total=len(originals), desc=desc, unit="item", disable=not show_progress)
         for batch, inputs in self._prepared(batches, normalized, originals, workers):
             out[batch] = self._forward(inputs)
@@ -184,6 +184,36 @@ class MoCaEncoder:
     def _forward(self, inputs: dict[str, torch.Tensor]) -> np.ndarray:
         inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
         return self.model(**inputs).embeddings.float().cpu().numpy()
+
+
+PAD_TOLERANCE = 0.1  # a batch closes early rather than pad an item by more than 10% of the batch length
+PAD_SLACK = 16  # ... unless the padding is at most this many tokens (short texts)
+
+
+def length_batches(order: list[int], lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Cut items sorted by decreasing length into batches of at most ``batch_size`` similar lengths.
+
+    A batch also closes when the next item is shorter than its longest by more than
+    ``max(PAD_TOLERANCE * longest, PAD_SLACK)`` tokens, which bounds padding on corpora with few items
+    of very different lengths (where fixed-size batches would pad a lot).
+
+    Args:
+        order: item ids sorted by decreasing length.
+        lengths: token count of each item id.
+        batch_size: maximum items per batch.
+
+    Returns:
+        The batches, as lists of item ids.
+    """
+    batches: list[list[int]] = []
+    for u in order:
+        if batches and len(batches[-1]) < batch_size:
+            longest = lengths[batches[-1][0]]
+            if longest - lengths[u] <= max(PAD_TOLERANCE * longest, PAD_SLACK):
+                batches[-1].append(u)
+                continue
+        batches.append([u])
+    return batches
 
 
 def _moca_settings(path: Path) -> dict:

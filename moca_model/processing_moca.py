@@ -5,8 +5,9 @@ Conventions (moca-method.md §2): no chat template, no system prompt, no EOS; an
 Phi-3-V placeholders (``<|image_1|>``, used by MMEB data) are rewritten to Qwen's. Images are resized
 by Qwen's ``smart_resize`` to between ``min_pixels`` and ``max_pixels`` (MoCa: 256..1024 visual tokens).
 
-Works without torchvision: it uses the tokenizer and the PIL Qwen2-VL image processor directly
-instead of ``Qwen2_5_VLProcessor`` (which needs a video processor, hence torchvision).
+Works without torchvision: it uses the tokenizer and :mod:`moca_model.patchify` (value-for-value the
+PIL Qwen2-VL image processor, whose config it keeps) instead of ``Qwen2_5_VLProcessor``, which needs a
+video processor, hence torchvision.
 
 Shapes: T tokens, P patch rows (1176 values each), I images.
 """
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +26,7 @@ from PIL import Image
 
 from moca_model.compat import pil_image_processor_class
 from moca_model.images import MoCaInputError, fitted_size, open_image, to_rgb
+from moca_model.patchify import patchify, smart_resize
 
 logger = logging.getLogger(__name__)
 
@@ -154,17 +155,23 @@ class MoCaProcessor:
         settings = {"min_pixels": self.min_pixels, "max_pixels": self.max_pixels, "max_length": self.max_length}
         (path / MOCA_CONFIG_FILE).write_text(json.dumps(settings, indent=2) + "\n")
 
+    def _patchify(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+        ip = self.image_processor
+        return patchify(
+            image,
+            min_pixels=self.min_pixels,
+            max_pixels=self.max_pixels,
+            mean=tuple(ip.image_mean),
+            std=tuple(ip.image_std),
+            patch_size=ip.patch_size,
+            temporal_patch_size=ip.temporal_patch_size,
+            merge_size=ip.merge_size,
+        )
+
     def num_image_tokens(self, height: int, width: int) -> int:
         """Merged visual tokens for an image of this size (Qwen2-VL ``smart_resize``, then / 28²)."""
-        f = self.factor
-        h, w = max(f, round(height / f) * f), max(f, round(width / f) * f)
-        if h * w > self.max_pixels:
-            beta = math.sqrt(height * width / self.max_pixels)
-            h, w = max(f, math.floor(height / beta / f) * f), max(f, math.floor(width / beta / f) * f)
-        elif h * w < self.min_pixels:
-            beta = math.sqrt(self.min_pixels / (height * width))
-            h, w = math.ceil(height * beta / f) * f, math.ceil(width * beta / f) * f
-        return (h // f) * (w // f)
+        h, w = smart_resize(height, width, factor=self.factor, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+        return (h // self.factor) * (w // self.factor)
 
     def _tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -189,8 +196,9 @@ class MoCaProcessor:
         if not item.images:
             return Encoded(input_ids=ids[: self.max_length] if self.max_length else ids)
         images = [to_rgb(open_image(src, index), index) for src in item.images]
-        out = self.image_processor(images=images, return_tensors="pt")
-        pixel_values, grid = out["pixel_values"], out["image_grid_thw"]  # (P, 1176), (I, 3)
+        patches = [self._patchify(img) for img in images]
+        pixel_values = torch.cat([rows for rows, _ in patches])  # (P, 1176)
+        grid = torch.cat([g for _, g in patches])  # (I, 3)
         counts = (grid.prod(-1) // self.image_processor.merge_size**2).tolist()
         expanded: list[int] = []
         it = iter(counts)
