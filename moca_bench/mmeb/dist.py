@@ -67,6 +67,11 @@ def init_distributed(device: str | None = None) -> DistContext:
     owns = not dist.is_initialized()
     if owns:
         dist.init_process_group("nccl" if use_cuda else "gloo")
+    elif dist.get_world_size() != world or dist.get_rank() != rank:
+        raise RuntimeError(
+            f"a process group (rank {dist.get_rank()} of {dist.get_world_size()}) already exists but the environment "
+            f"says rank {rank} of {world}"
+        )
     logger.info("rank %d/%d on %s (%s)", rank, world, device or "cpu", dist.get_backend())
     return DistContext(rank=rank, world_size=world, device=device, owns_group=owns)
 

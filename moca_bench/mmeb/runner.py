@@ -9,6 +9,7 @@ subset in flight.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,8 +39,6 @@ _MAX_BAD_EXAMPLES = 5  # bad pairs listed per subset in the results
 
 def default_cache_dir() -> Path:
     """``$MOCA_CACHE_DIR`` or ``~/.cache/moca_bench``, plus ``mmeb``."""
-    import os
-
     return Path(os.environ.get("MOCA_CACHE_DIR") or Path.home() / ".cache" / "moca_bench") / "mmeb"
 
 

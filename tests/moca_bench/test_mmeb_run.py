@@ -62,7 +62,7 @@ def test_scores_equal_an_independent_computation(reference, sample):
     from moca_bench.mmeb.data import build_subset, read_local_rows
 
     report, _, tmp = reference
-    cache_dir = next((tmp / "cache").iterdir())
+    cache_dir = tmp / "cache" / report["model"]["cache_key"]
     expected = {}
     for name in SAMPLE_SUBSETS:
         pairs = build_subset(name, read_local_rows(sample, name)).pairs
@@ -89,9 +89,9 @@ def test_cached_vectors_are_the_encoders(reference, sample, tiny_encoder):
 
     from moca_bench.mmeb.data import build_subset, read_local_rows
 
-    _, _, tmp = reference
+    report, _, tmp = reference
     subset = build_subset("OK-VQA", read_local_rows(sample, "OK-VQA"), image_root=sample / "eval_images")
-    cached = load_file(str(next((tmp / "cache").iterdir()) / "OK-VQA.safetensors"))["embeddings"]
+    cached = load_file(str(tmp / "cache" / report["model"]["cache_key"] / "OK-VQA.safetensors"))["embeddings"]
     direct = tiny_encoder.encode([subset.item(i) for i in range(len(subset.pairs))], show_progress=False)
     np.testing.assert_allclose(cached, direct, atol=1e-5)
 
@@ -143,6 +143,7 @@ def test_another_checkpoint_never_reuses_the_cache(tiny_dir, sample, reference, 
     from moca_model.tiny import write_tiny_checkpoint
 
     _, _, ref_tmp = reference
+    before = set((ref_tmp / "cache").iterdir())
     model = tmp_path / "model"
     shutil.copytree(tiny_dir, model)
     first = run(_cfg(model, sample, tmp_path, cache_dir=str(ref_tmp / "cache")), encoder=CountingEncoder(
@@ -154,7 +155,7 @@ def test_another_checkpoint_never_reuses_the_cache(tiny_dir, sample, reference, 
     second = run(_cfg(model, sample, tmp_path, cache_dir=str(ref_tmp / "cache")), encoder=enc)
     assert sum(enc.calls) == second["totals"]["unique_items"] == second["totals"]["encoded_items"]
     assert second["model"]["cache_key"] != first["model"]["cache_key"]
-    assert len(list((ref_tmp / "cache").iterdir())) == 2
+    assert set((ref_tmp / "cache").iterdir()) - before == {ref_tmp / "cache" / second["model"]["cache_key"]}
     from safetensors.numpy import load_file
 
     vecs = [load_file(str(ref_tmp / "cache" / r["model"]["cache_key"] / "OK-VQA.safetensors"))["embeddings"]
