@@ -94,7 +94,11 @@ def run(size: str, n_queries: int, n_pages: int, batch_size: int, repeats: int) 
     with tempfile.TemporaryDirectory() as tmp:
         write_tiny_checkpoint(tmp, seed=0, **SIZES[size])
         enc = MoCaEncoder.from_pretrained(
-            tmp, device="cpu", min_pixels=DEFAULT_MIN_PIXELS, max_pixels=DEFAULT_MAX_PIXELS, max_length=DEFAULT_MAX_LENGTH
+            tmp,
+            device="cpu",
+            min_pixels=DEFAULT_MIN_PIXELS,
+            max_pixels=DEFAULT_MAX_PIXELS,
+            max_length=DEFAULT_MAX_LENGTH,
         )
     items = make_corpus(n_queries, n_pages)
     enc.encode(items[:4], show_progress=False)  # warm-up
@@ -144,7 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     path = write_result(f"encode_{args.size}", result)
     logger.info("ours  : %s", result["ours"])
     logger.info("naive : %s", result["naive"])
-    logger.info("ratio : %.2fx items/s (max |diff| %.2e) -> %s", result["throughput_ratio"], result["max_abs_diff_vs_naive"], path)
+    logger.info(
+        "ratio : %.2fx items/s (max |diff| %.2e) -> %s",
+        result["throughput_ratio"],
+        result["max_abs_diff_vs_naive"],
+        path,
+    )
     return 0
 
 

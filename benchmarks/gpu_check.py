@@ -1,0 +1,225 @@
+"""GPU check for a lent machine: random-weight MoCa at the 3B architecture, SDPA vs flash-attention-2.
+
+Measures encode throughput (items/s, tokens/s) and model FLOPs utilisation for text queries and
+document pages (1024 visual tokens) with SDPA, and with flash-attention-2 when ``flash_attn`` imports;
+checks FA2-vs-SDPA embedding parity on the same inputs (bf16; tolerance written in the result). Writes
+``results/gpu/gpu_check.json``. No network, no checkpoint: the weights are random.
+
+    python -m benchmarks.gpu_check                      # on the GPU machine (see gpu_check.sh)
+    python -m benchmarks.gpu_check --dry-run            # CPU, tiny architecture: checks the script itself
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+OUT = Path(__file__).resolve().parents[1] / "results" / "gpu"
+PARITY_ATOL = 2e-2  # bf16: embeddings are unit vectors; per-dimension differences of a few bf16 ulps
+PARITY_MIN_COSINE = 0.999
+# Qwen2.5-VL-3B-Instruct architecture (its config.json); MoCa-3B keeps it unchanged.
+ARCH_3B = {
+    "hidden": 2048,
+    "layers": 36,
+    "heads": 16,
+    "kv_heads": 2,
+    "intermediate": 11008,
+    "vocab": 151936,
+    "vision": {
+        "depth": 32,
+        "hidden_size": 1280,
+        "num_heads": 16,
+        "intermediate_size": 3420,
+        "out_hidden_size": 2048,
+        "fullatt_block_indexes": [7, 15, 23, 31],
+    },
+}
+ARCH_TINY = {
+    "hidden": 64,
+    "layers": 2,
+    "heads": 4,
+    "kv_heads": 2,
+    "intermediate": 256,
+    "vocab": 512,
+    "vision": {
+        "depth": 2,
+        "hidden_size": 64,
+        "num_heads": 4,
+        "intermediate_size": 128,
+        "out_hidden_size": 64,
+        "fullatt_block_indexes": [1],
+    },
+}
+
+
+def build(arch: dict, device: torch.device, dtype: torch.dtype, impl: str, tokenizer):
+    """A random-weight MoCaModel with the given architecture, built directly on ``device``."""
+    from transformers import Qwen2_5_VLConfig
+
+    from moca_model.modeling_moca import MoCaModel
+
+    ids = {
+        t: tokenizer.convert_tokens_to_ids(t)
+        for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+    }
+    head_dim = arch["hidden"] // arch["heads"]
+    half = head_dim // 2
+    section = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]  # 3B: [16, 24, 24]
+    cfg = Qwen2_5_VLConfig(
+        vocab_size=max(arch["vocab"], len(tokenizer)),
+        hidden_size=arch["hidden"],
+        intermediate_size=arch["intermediate"],
+        num_hidden_layers=arch["layers"],
+        num_attention_heads=arch["heads"],
+        num_key_value_heads=arch["kv_heads"],
+        tie_word_embeddings=True,
+        rope_scaling={"type": "mrope", "mrope_section": section},
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        vision_config={
+            **arch["vision"],
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 112,
+        },
+    )
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = MoCaModel._from_config(cfg, attn_implementation=impl, dtype=dtype)
+    return model.eval()
+
+
+def corpus(n_queries: int, n_pages: int, page_side: int) -> list:
+    """Text queries and synthetic pages of ``page_side`` px (896 px -> 1024 visual tokens)."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(0)
+    items: list = [
+        f"what is the total value reported for item {i} in table {rng.integers(99)}?" for i in range(n_queries)
+    ]
+    for i in range(n_pages):
+        page = Image.new("RGB", (page_side, page_side), (255, 255, 255))
+        d = ImageDraw.Draw(page)
+        for y in range(10, page_side - 10, 18):
+            d.text((10, y), f"line {y} of page {i}: value {rng.integers(1000)}", fill=(0, 0, 0))
+        items.append({"image": page, "text": "\nRepresent the given document image."})
+    return items
+
+
+def measure(encoder, items: list, batch_size: int, n_params: int, peak_flops: float | None) -> dict:
+    """Throughput and MFU of one encode pass (after a warm-up), and the embeddings."""
+    from moca_model.processing_moca import normalize_item
+
+    tokens = sum(encoder.processor.estimate_length(normalize_item(x, i), i) for i, x in enumerate(items))
+    encoder.encode(items[: 2 * batch_size], batch_size=batch_size, show_progress=False)
+    if encoder.device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    vecs = encoder.encode(items, batch_size=batch_size, show_progress=False)
+    if encoder.device.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    flops = 2 * n_params * tokens  # forward matmul FLOPs; attention adds a little on 1k-token pages
+    out = {
+        "seconds": round(dt, 3),
+        "items_per_s": round(len(items) / dt, 2),
+        "tokens_per_s": round(tokens / dt, 1),
+        "tokens": tokens,
+        "achieved_tflops": round(flops / dt / 1e12, 2),
+    }
+    if peak_flops:
+        out["mfu"] = round(flops / dt / peak_flops, 4)
+    if encoder.device.type == "cuda":
+        out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return out, vecs
+
+
+def run(args) -> dict:
+    """Build, measure each backend, compare embeddings; return the result record."""
+    from moca_model.encode import MoCaEncoder
+    from moca_model.processing_moca import MoCaProcessor
+    from moca_model.testing import tiny_tokenizer
+
+    device = torch.device("cpu" if args.dry_run else "cuda")
+    arch = ARCH_TINY if args.dry_run else ARCH_3B
+    dtype = torch.float32 if args.dry_run else torch.bfloat16
+    tokenizer = tiny_tokenizer()  # ids only matter for markers; the vocab size is the 3B one
+    processor = MoCaProcessor(tokenizer, max_length=1280)
+    items = corpus(args.queries, args.pages, args.page_side)
+    impls = ["sdpa"]
+    try:
+        import flash_attn  # noqa: F401
+
+        impls.append("flash_attention_2")
+    except ImportError:
+        logger.warning("flash_attn not importable: measuring SDPA only")
+    result = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (dry run)",
+        "arch": "tiny" if args.dry_run else "qwen2.5-vl-3b",
+        "dtype": str(dtype),
+        "batch_size": args.batch_size,
+        "n_queries": args.queries,
+        "n_pages": args.pages,
+        "page_side_px": args.page_side,
+        "backends": {},
+    }
+    vectors = {}
+    for impl in impls:
+        model = build(arch, device, dtype, impl, tokenizer)
+        n_params = sum(p.numel() for p in model.parameters())
+        result["n_params"] = n_params
+        enc = MoCaEncoder(model, processor, device=device)
+        result["backends"][impl], vectors[impl] = measure(
+            enc, items, args.batch_size, n_params, args.peak_tflops * 1e12
+        )
+        del enc, model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if len(vectors) == 2:
+        a, b = vectors["sdpa"], vectors["flash_attention_2"]
+        cos = (a * b).sum(1)
+        result["parity"] = {
+            "max_abs_diff": float(np.abs(a - b).max()),
+            "min_cosine": float(cos.min()),
+            "atol": PARITY_ATOL,
+            "min_cosine_required": PARITY_MIN_COSINE,
+            "pass": bool(np.abs(a - b).max() <= PARITY_ATOL and cos.min() >= PARITY_MIN_COSINE),
+        }
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dry-run", action="store_true", help="tiny architecture on CPU (checks the script)")
+    p.add_argument("--queries", type=int, default=256)
+    p.add_argument("--pages", type=int, default=128)
+    p.add_argument("--page-side", type=int, default=896, help="page side in px (896 -> 1024 visual tokens)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the card (H100 SXM: 989)")
+    p.add_argument("--out", type=Path, default=OUT / "gpu_check.json")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    result = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, args.out)
+    logger.info(json.dumps(result, indent=2))
+    return 0 if result.get("parity", {}).get("pass", True) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,11 @@
+import json
+
+from benchmarks.gpu_check import main
+
+
+def test_gpu_check_dry_run_writes_a_result(tmp_path):
+    out = tmp_path / "gpu.json"
+    assert main(["--dry-run", "--queries", "4", "--pages", "2", "--page-side", "112", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    sdpa = result["backends"]["sdpa"]
+    assert sdpa["items_per_s"] > 0 and sdpa["tokens"] > 0 and result["n_params"] > 0
