@@ -167,3 +167,33 @@ def test_synthetic_rows_realise_the_shape():
     s = build_subset(shape.name, synthetic_rows(shape))
     assert len(s.pairs) == shape.with_dedup
     assert s.n_rows + int((s.candidates >= 0).sum()) == shape.without_dedup
+
+
+def test_hub_path_with_a_stubbed_hub(tmp_path, monkeypatch):
+    import shutil
+
+    import datasets
+    import huggingface_hub
+
+    from moca_bench.mmeb.data import hub_image_root
+
+    data = write_sample(tmp_path / "src", subsets=("MSCOCO_i2t",), rows=3, candidates=2)
+    archive = shutil.make_archive(str(tmp_path / "images"), "zip", root_dir=data, base_dir="eval_images")
+    calls = []
+
+    def fake_load_dataset(name, subset, split, revision=None):
+        calls.append((name, subset, split, revision))
+        return datasets.Dataset.from_list(read_local_rows(data, subset))
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: archive)
+    rows = list(read_hub_rows("MSCOCO_i2t", revision="abc"))
+    assert calls == [("TIGER-Lab/MMEB-eval", "MSCOCO_i2t", "test", "abc")] and len(rows) == 3
+    root = hub_image_root(tmp_path / "cache", revision="abc")
+    assert (root / ".complete").is_file()
+    s = build_subset("MSCOCO_i2t", rows)
+    assert find_image_root(root, [p.image for p in s.pairs]) == root / "eval_images"
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("downloaded twice"))
+    assert hub_image_root(tmp_path / "cache", revision="abc") == root
