@@ -175,12 +175,12 @@ class MoCaMTEBEncoder(AbsEncoder):
         """
         side = prompt_type.value if prompt_type is not None else None
         texts, images = input_columns(inputs)
-        layouts: dict[tuple[bool, bool], str | None] = {}
+        instructions: dict[tuple[bool, bool], str | None] = {}
         items = []
         for text, image in zip(texts, images, strict=True):
             kind = (image is not None, bool(text))
-            if kind not in layouts:
-                layouts[kind] = mteb_instruction(
+            if kind not in instructions:
+                instructions[kind] = mteb_instruction(
                     task_metadata.name,
                     task_metadata.type,
                     side,
@@ -189,7 +189,7 @@ class MoCaMTEBEncoder(AbsEncoder):
                     task_prompt=task_metadata.prompt,
                     overrides=self.prompts,
                 )
-            formatted = mteb_text(text, has_image=kind[0], instruction=layouts[kind])
+            formatted = mteb_text(text, has_image=kind[0], instruction=instructions[kind])
             if image is None:
                 items.append(formatted)
             elif isinstance(image, (list, tuple)):
