@@ -123,21 +123,17 @@ class EmbeddingCache:
 
     def load(self, subset: str, chash: str) -> tuple[np.ndarray, np.ndarray, dict] | None:
         """Cached ``(embeddings (U, D) float32, bad (U,) bool, reasons {index: str})``, or None on a miss."""
-        path = self.path(subset)
-        if path is None or not path.is_file():
+        if not self.contains(subset, chash):
             return None
         try:
             from safetensors import safe_open
 
-            with safe_open(str(path), framework="numpy") as f:
-                meta = f.metadata() or {}
-                if meta.get("content_hash") != chash or meta.get("model_key") != self.key:
-                    logger.info("%s: cached vectors are for other data; re-encoding", subset)
-                    return None
+            with safe_open(str(self.path(subset)), framework="numpy") as f:
+                meta = f.metadata()
                 emb, bad = f.get_tensor("embeddings"), f.get_tensor("bad").astype(bool)
             reasons = {int(k): v for k, v in json.loads(meta.get("bad_reasons", "{}")).items()}
         except Exception as exc:  # a damaged file is a miss, never a crash
-            logger.warning("%s: unreadable cache file %s (%s); re-encoding", subset, path, exc)
+            logger.warning("%s: unreadable cache file %s (%s); re-encoding", subset, self.path(subset), exc)
             return None
         return emb, bad, reasons
 
