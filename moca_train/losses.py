@@ -140,7 +140,8 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         Scalar float32 loss.
     """
     labels = labels.reshape(-1)  # (M,)
-    total = F.cross_entropy(logits.reshape(labels.shape[0], -1).float(), labels, ignore_index=-100, reduction="sum")
+    logits = logits.reshape(-1, logits.shape[-1]).float()  # (M, V); explicit V, so M = 0 works
+    total = F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
     return total / (labels != -100).sum().clamp(min=1)
 
 
