@@ -144,7 +144,7 @@ def write_sample(
             table["qry_img_path"].append(f"{name}/query_{r}.png" if query_image else "")
             table["tgt_text"].append(texts)
             table["tgt_img_path"].append([cand_img[i] for i in picks])
-        for rel in {p for p in table["qry_img_path"] if p} | {p for p in cand_img if p}:
+        for rel in sorted({p for p in table["qry_img_path"] if p} | {p for p in cand_img if p}):
             _write_png(out / "eval_images" / rel, rng)
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)

@@ -197,3 +197,12 @@ def test_hub_path_with_a_stubbed_hub(tmp_path, monkeypatch):
     assert find_image_root(root, [p.image for p in s.pairs]) == root / "eval_images"
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("downloaded twice"))
     assert hub_image_root(tmp_path / "cache", revision="abc") == root
+
+
+def test_sample_is_a_function_of_the_seed(tmp_path):
+    def files(root):
+        return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    a = files(write_sample(tmp_path / "a", subsets=("RefCOCO",), rows=3))
+    assert a == files(write_sample(tmp_path / "b", subsets=("RefCOCO",), rows=3))
+    assert a != files(write_sample(tmp_path / "c", subsets=("RefCOCO",), rows=3, seed=1))
