@@ -18,13 +18,13 @@ env: $(VENV)/.installed $(VENV_MTEB)/.installed
 $(VENV)/.installed: pyproject.toml constraints/venv.txt
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP) torch==2.13.0
-	$(VENV)/bin/pip install $(PIP) -c constraints/venv.txt -e ".[vidore,train,dev]"
+	$(VENV)/bin/pip install $(PIP) -c constraints/venv.txt -e ".[vidore,train,mmeb,dev]"
 	touch $@
 
 $(VENV_MTEB)/.installed: pyproject.toml constraints/venv-mteb.txt
 	$(PY) -m venv $(VENV_MTEB)
 	$(VENV_MTEB)/bin/pip install $(PIP) torch==2.14.1 torchvision==0.29.1
-	$(VENV_MTEB)/bin/pip install $(PIP) -c constraints/venv-mteb.txt -e ".[mteb,dev]"
+	$(VENV_MTEB)/bin/pip install $(PIP) -c constraints/venv-mteb.txt -e ".[mteb,mmeb,dev]"
 	touch $@
 
 test: env
