@@ -50,6 +50,9 @@ class Job:
     """Extra environment variables."""
     seconds: float = 0.0
     """Wall time once finished (0 when skipped)."""
+    cpu_seconds: float = 0.0
+    """CPU time (user + system) of the command once finished: its wall time on an idle machine, roughly,
+    since every stage runs one torch thread."""
 
 
 def train_progress(output_dir: Path) -> Callable[[], int]:
@@ -117,9 +120,11 @@ def run_jobs(jobs: list[Job], *, max_parallel: int = 2, show_progress: bool = Tr
                 if job.progress is not None:
                     bar.n = min(job.progress(), job.total)
                     bar.refresh()
-                code = proc.poll()
-                if code is None:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid == 0:
                     continue
+                code = proc.returncode = os.waitstatus_to_exitcode(status)
+                job.cpu_seconds = usage.ru_utime + usage.ru_stime
                 handle.close()
                 del running[name]
                 job.seconds = time.perf_counter() - start
@@ -130,7 +135,7 @@ def run_jobs(jobs: list[Job], *, max_parallel: int = 2, show_progress: bool = Tr
                         f"last lines of {job.log}:\n{_tail(job.log)}"
                     )
                 bar.n = job.total
-                bar.set_postfix_str(f"{job.seconds:.0f}s")
+                bar.set_postfix_str(f"{job.seconds:.0f}s wall, {job.cpu_seconds:.0f}s cpu")
                 bar.close()
                 finished.add(name)
     finally:

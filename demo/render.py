@@ -32,7 +32,7 @@ COUNT_WORDS = ("one", "two", "three", "four")
 SHAPE_CANVAS = 112  # 16 merged visual tokens with the tiny processor
 DIGIT_CANVAS = 56  # 4 merged visual tokens
 SCENE_CANVAS = 112  # a 2x2 grid of 56-px cells
-PAGE_CANVAS = 224  # 64 merged visual tokens, the tiny processor's maximum
+PAGE_CANVAS = 168  # 36 merged visual tokens
 
 # Short, distinctive standard-library modules whose docstrings exist on every CPython >= 3.10.
 PAGE_MODULES = (
@@ -175,19 +175,19 @@ def render_page(rng: np.random.Generator, module: str) -> Image.Image:
     paper = _jitter_colour((248, 246, 240), rng, 7)
     img = Image.new("RGB", (PAGE_CANVAS, PAGE_CANVAS), paper)
     draw = ImageDraw.Draw(img)
-    x0 = int(rng.integers(8, 20))
-    y = int(rng.integers(6, 18))
-    title_font = _font(int(rng.integers(30, 37)), bold=True)
+    x0 = int(rng.integers(6, 16))
+    y = int(rng.integers(4, 14))
+    title_font = _font(int(rng.integers(26, 32)), bold=True)
     draw.text((x0, y), module, font=title_font, fill=_jitter_colour((20, 30, 90), rng, 20))
     y += title_font.size + 10
     draw.line([(x0, y - 5), (PAGE_CANVAS - x0, y - 5)], fill=(120, 120, 120), width=1)
-    body_font = _font(9)
+    body_font = _font(8)
     _summary, paragraphs = module_doc(module)
     for paragraph in paragraphs:
-        for line in textwrap.wrap(paragraph, width=42):
-            if y > PAGE_CANVAS - 12:
+        for line in textwrap.wrap(paragraph, width=36):
+            if y > PAGE_CANVAS - 10:
                 return img
             draw.text((x0, y), line, font=body_font, fill=(40, 40, 40))
-            y += 11
-        y += 4
+            y += 10
+        y += 3
     return img

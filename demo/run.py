@@ -48,6 +48,9 @@ from demo.world import MMEB_SUBSETS, VIDORE_NAME, WorldConfig, build_world  # no
 logger = logging.getLogger("demo")
 
 MODELS = ("random", "cl_only", "cpt_cl")
+# The stages' own `datasets` cache. datasets keys a local dataset folder by its name and file patterns, not
+# its content, so a shared cache would hand vidore-benchmark the pages of an older world of the same name.
+HF_CACHE = "hf_datasets"
 CL_CONFIG = ROOT / "configs" / "cl" / "demo.yaml"
 CPT_CONFIG = ROOT / "configs" / "cpt" / "demo.yaml"
 
@@ -62,27 +65,24 @@ class Preset:
     """CPT optimizer steps."""
     cl_steps: int = 900
     """CL optimizer steps (the same for CL only and CPT + CL)."""
-    cl_tasks: tuple[str, ...] | None = None
-    """CL tasks to train on (None: all of the world's)."""
 
 
 PRESETS = {
     "full": Preset(),
     "smoke": Preset(
         world=WorldConfig(
-            cl_pairs=64,
+            cl_pairs={"digits_cls": 128, "shapes_i2t": 32},
             cpt_shape_records=64,
             cpt_scene_records=16,
             cpt_digit_records=32,
             cpt_page_records=16,
-            eval_queries=24,
+            eval_queries=48,
             eval_digits=100,
             cl_digits=64,
         ),
         cpt_steps=8,
-        cl_steps=60,
-        cl_tasks=("digits_cls", "object_cls"),
-    ),  # fmt: skip
+        cl_steps=80,
+    ),
 }
 
 
@@ -100,8 +100,7 @@ def _cl_job(name: str, init: Path, run_dir: Path, preset: Preset, manifest: dict
             "--model.init_from", str(init), "--train.output_dir", str(run_dir),
             "--train.max_steps", str(preset.cl_steps), "--train.seed", str(seed), "--data.seed", str(seed),
             "--train.progress_bar", "false"]  # fmt: skip
-    tasks = [t for t in manifest["cl_tasks"] if preset.cl_tasks is None or t in preset.cl_tasks]
-    datasets = [{"name": t, "path": str(world / manifest["cl_tasks"][t]["path"])} for t in tasks]
+    datasets = [{"name": t, "path": str(world / spec["path"])} for t, spec in manifest["cl_tasks"].items()]
     argv += ["--data.datasets", json.dumps(datasets)]
     return Job(name, argv, run_dir.parent / f"{name}.log", deps=deps, total=preset.cl_steps,
                progress=train_progress(run_dir),
@@ -120,7 +119,7 @@ def _cpt_job(init: Path, run_dir: Path, preset: Preset, manifest: dict, world: P
 
 def _eval_jobs(model: str, ckpt: Path, evals: Path, world: Path, deps: tuple[str, ...]) -> list[Job]:
     mmeb_out = evals / "mmeb"
-    mmeb = [_python(), "-m", "moca_bench.mmeb", "--model", str(ckpt), "--model-name", model,
+    mmeb = [_python(), "-m", "demo.mmeb_eval", "--model", str(ckpt), "--model-name", model,
             "--data-dir", str(world / "mmeb"), "--image-root", str(world / "mmeb" / "images"),
             "--subsets", *MMEB_SUBSETS, "--output-dir", str(mmeb_out), "--no-cache", "--batch-size", "64",
             "--no-progress"]  # fmt: skip
@@ -138,14 +137,8 @@ def _eval_jobs(model: str, ckpt: Path, evals: Path, world: Path, deps: tuple[str
 
 
 def _read_mmeb(path: Path) -> dict[str, float]:
-    data = json.loads(path.read_text())
-    scores = data.get("subsets", data.get("scores", data))
-    out = {}
-    for subset in MMEB_SUBSETS:
-        value = scores[subset]
-        value = value.get("hit@1", value.get("score")) if isinstance(value, dict) else value
-        out[subset] = float(value) * (100.0 if float(value) <= 1.0 else 1.0)
-    return out
+    datasets = json.loads(path.read_text())["datasets"]
+    return {subset: float(datasets[subset]["score"]) for subset in MMEB_SUBSETS}
 
 
 def _read_vidore(folder: Path) -> dict[str, float]:
@@ -182,13 +175,15 @@ def run(preset: Preset, *, work: Path, results_dir: Path, seed: int, jobs: int, 
     plan_path = work / "plan.json"
     if plan_path.is_file() and json.loads(plan_path.read_text()) != json.loads(json.dumps(plan)):
         logger.info("settings changed since the last run in %s: starting over", work)
-        for sub in ("world", "models", "runs", "evals"):
+        for sub in ("world", "models", "runs", "evals", HF_CACHE):
             shutil.rmtree(work / sub, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     plan_path.write_text(json.dumps(plan, indent=2) + "\n")
 
     logger.info("[1/4] building the world in %s", work / "world")
     world = work / "world"
+    if not (world / "world.json").is_file():
+        shutil.rmtree(work / HF_CACHE, ignore_errors=True)
     manifest = build_world(preset.world, world, show_progress=show_progress)
     init = work / "models" / "init"
     if not (init / "config.json").is_file():
@@ -213,6 +208,8 @@ def run(preset: Preset, *, work: Path, results_dir: Path, seed: int, jobs: int, 
              "mmeb:cpt_cl", "vidore:cpt_cl"]  # fmt: skip
     graph.sort(key=lambda j: order.index(j.name))
     logger.info("[2/4] training (CPT, CL only, CPT + CL) and [3/4] evaluating (MMEB, ViDoRe); logs in %s", work)
+    for job in graph:
+        job.env["HF_DATASETS_CACHE"] = str(work / HF_CACHE)
     run_jobs(graph, max_parallel=jobs, show_progress=show_progress, cwd=ROOT)
 
     logger.info("[4/4] report")
@@ -229,7 +226,7 @@ def run(preset: Preset, *, work: Path, results_dir: Path, seed: int, jobs: int, 
         "chance": chance,
         "models": models,
         "checkpoints": {m: str(p) for m, p in ckpts.items()},
-        "stage_seconds": {j.name: round(j.seconds, 1) for j in graph},
+        "stage_seconds": {j.name: {"wall": round(j.seconds, 1), "cpu": round(j.cpu_seconds, 1)} for j in graph},
         "total_seconds": round(time.perf_counter() - tic, 1),
     }
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -246,7 +243,7 @@ def run(preset: Preset, *, work: Path, results_dir: Path, seed: int, jobs: int, 
     return payload
 
 
-REQUIRED_MODULES = ("moca_train.cpt", "moca_train.cl", "moca_bench.mmeb.__main__", "moca_bench.vidore")
+REQUIRED_MODULES = ("moca_train.cpt", "moca_train.cl", "moca_bench.mmeb.cli", "moca_bench.vidore")
 
 
 def _missing_stages() -> list[str]:

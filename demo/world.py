@@ -25,7 +25,7 @@ import itertools
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +68,10 @@ MMEB_SUBSETS = {  # subset -> meta-task (MMEB's four)
     "ShapeGrounding": "Grounding",
 }
 VIDORE_NAME = "demo_pages"
+CL_PAIRS = {  # task -> pairs; harder tasks (position, reading titles) get more batches
+    "digits_cls": 128, "object_cls": 128, "shape_vqa": 256, "count_vqa": 192,
+    "shapes_t2i": 384, "shapes_i2t": 384, "grounding": 256, "pages": 320,
+}  # fmt: skip
 
 
 @dataclass
@@ -76,8 +80,9 @@ class WorldConfig:
 
     seed: int = 0
     """Every image and row is a function of this seed."""
-    cl_pairs: int = 256
-    """Contrastive pairs per CL task (small: the labelled set)."""
+    cl_pairs: dict[str, int] = field(default_factory=lambda: dict(CL_PAIRS))
+    """Contrastive pairs per CL task (small: the labelled set). Same-task batches are drawn in proportion to
+    these sizes, so harder tasks get more rows; a task with 0 rows is not written."""
     cl_negatives: int = 2
     """Hard negatives written per CL row."""
     cpt_shape_records: int = 2400
@@ -102,6 +107,9 @@ class WorldConfig:
     def __post_init__(self) -> None:
         if self.eval_digits + self.cl_digits >= 1797:
             raise ValueError("eval_digits + cl_digits must leave digits for CPT (scikit-learn has 1797)")
+        unknown = set(self.cl_pairs) - set(CL_TASKS)
+        if unknown:
+            raise ValueError(f"unknown CL tasks {sorted(unknown)}; known: {sorted(CL_TASKS)}")
         if not 1 <= self.page_queries_per_module <= 2:
             raise ValueError("page_queries_per_module must be 1 or 2")
 
@@ -109,6 +117,11 @@ class WorldConfig:
 def all_shape_combos() -> list[tuple[str, str, str, str]]:
     """The 96 (colour, shape, position, size) combinations in a fixed order."""
     return list(itertools.product(render.COLOURS, render.SHAPES, render.POSITIONS, render.SIZES))
+
+
+def object_names() -> list[str]:
+    """The 12 "colour shape" object names (the classification labels of ObjectCls)."""
+    return [f"{c} {s}" for c in render.COLOURS for s in render.SHAPES]
 
 
 def page_queries(module: str) -> list[str]:
@@ -200,84 +213,110 @@ def _cl_row(qry: str, qry_img: str, pos: str, pos_img: str, negs: list[tuple[str
     }
 
 
-def _cl_tasks(cfg: WorldConfig, rng: np.random.Generator, save: _ImageWriter) -> Iterator[tuple[str, list[dict]]]:
-    """Yield (task name, rows) for every contrastive task."""
-    n, k = cfg.cl_pairs, cfg.cl_negatives
-    combos = all_shape_combos()
+def _cl_digits_cls(cfg: WorldConfig, rng: np.random.Generator, save: _ImageWriter, n: int) -> list[dict]:
     bitmaps, labels = render.digit_bitmaps()
-    cl_digits = _digit_split(cfg)["cl"]
-
+    pool = _digit_split(cfg)["cl"]
     rows = []
     for i in range(n):
-        idx = int(cl_digits[i % len(cl_digits)])
+        idx = int(pool[i % len(pool)])
         label = render.DIGIT_WORDS[labels[idx]]
-        negs = [(w, "") for w in _other(rng, render.DIGIT_WORDS, label, k)]
+        negs = [(w, "") for w in _other(rng, render.DIGIT_WORDS, label, cfg.cl_negatives)]
         rows.append(_cl_row(_mmeb_query(CLS_DIGIT), save(render.render_digit(rng, bitmaps[idx])), label, "", negs))
-    yield "digits_cls", rows
+    return rows
 
+
+def _cl_object_cls(cfg: WorldConfig, rng: np.random.Generator, save: _ImageWriter, n: int) -> list[dict]:
+    combos, names = all_shape_combos(), object_names()
     rows = []
     for _ in range(n):
         combo = combos[int(rng.integers(len(combos)))]
         name = f"{combo[0]} {combo[1]}"
-        wrong = [f"{c} {s}" for c in render.COLOURS for s in render.SHAPES if f"{c} {s}" != name]
-        negs = [(w, "") for w in _other(rng, wrong, name, k)]
+        negs = [(w, "") for w in _other(rng, names, name, cfg.cl_negatives)]
         rows.append(_cl_row(_mmeb_query(CLS_OBJECT), save(render.render_shape(rng, *combo)), name, "", negs))
-    yield "object_cls", rows
+    return rows
 
+
+def _cl_shape_vqa(cfg: WorldConfig, rng: np.random.Generator, save: _ImageWriter, n: int) -> list[dict]:
+    combos = all_shape_combos()
     rows = []
     for _ in range(n):
         combo = combos[int(rng.integers(len(combos)))]
         attr = list(QUESTIONS)[int(rng.integers(len(QUESTIONS)))]
         answer = combo[list(ATTRIBUTES).index(attr)]
-        negs = [(w, "") for w in _other(rng, ATTRIBUTES[attr], answer, k)]
+        negs = [(w, "") for w in _other(rng, ATTRIBUTES[attr], answer, cfg.cl_negatives)]
         qry = _mmeb_query(VQA_PREFIX + QUESTIONS[attr])
         rows.append(_cl_row(qry, save(render.render_shape(rng, *combo)), answer, "", negs))
-    yield "shape_vqa", rows
+    return rows
 
+
+def _cl_count_vqa(cfg: WorldConfig, rng: np.random.Generator, save: _ImageWriter, n: int) -> list[dict]:
     rows = []
     for _ in range(n):
         count = int(rng.integers(1, 5))
         img = render.render_scene(rng, _scene_objects(rng, count))
         answer = render.COUNT_WORDS[count - 1]
-        negs = [(w, "") for w in _other(rng, render.COUNT_WORDS, answer, k)]
+        negs = [(w, "") for w in _other(rng, render.COUNT_WORDS, answer, cfg.cl_negatives)]
         rows.append(_cl_row(_mmeb_query(VQA_PREFIX + COUNT_QUESTION), save(img), answer, "", negs))
-    yield "count_vqa", rows
+    return rows
 
+
+def _cl_shapes_t2i(cfg: WorldConfig, rng: np.random.Generator, save: _ImageWriter, n: int) -> list[dict]:
+    combos = all_shape_combos()
     rows = []
     for _ in range(n):
         combo = combos[int(rng.integers(len(combos)))]
-        negs = [(_target(), save(render.render_shape(rng, *_one_off(rng, combo)))) for _ in range(k)]
+        negs = [(_target(), save(render.render_shape(rng, *_one_off(rng, combo)))) for _ in range(cfg.cl_negatives)]
         qry = T2I_PREFIX + render.shape_caption(*combo) + "\n"
         rows.append(_cl_row(qry, "", _target(), save(render.render_shape(rng, *combo)), negs))
-    yield "shapes_t2i", rows
+    return rows
 
+
+def _cl_shapes_i2t(cfg: WorldConfig, rng: np.random.Generator, save: _ImageWriter, n: int) -> list[dict]:
+    combos = all_shape_combos()
     rows = []
     for _ in range(n):
         combo = combos[int(rng.integers(len(combos)))]
-        negs = [(render.shape_caption(*_one_off(rng, combo)), "") for _ in range(k)]
+        negs = [(render.shape_caption(*_one_off(rng, combo)), "") for _ in range(cfg.cl_negatives)]
         img = save(render.render_shape(rng, *combo))
         rows.append(_cl_row(_mmeb_query(I2T_PROMPT), img, render.shape_caption(*combo), "", negs))
-    yield "shapes_i2t", rows
+    return rows
 
+
+def _cl_grounding(cfg: WorldConfig, rng: np.random.Generator, save: _ImageWriter, n: int) -> list[dict]:
     rows = []
     for _ in range(n):
         cells = _scene_objects(rng, 4)
         scene = render.render_scene(rng, cells)
         target = int(rng.integers(4))
-        others = _other(rng, [c for c in range(4) if c != target], target, k)
+        others = _other(rng, [c for c in range(4) if c != target], target, cfg.cl_negatives)
         negs = [(_target(CROP_PROMPT), save(render.scene_cell(scene, c))) for c in others]
         qry = _mmeb_query(GROUNDING_PREFIX + _object_name(cells[target]))
         rows.append(_cl_row(qry, save(scene), _target(CROP_PROMPT), save(render.scene_cell(scene, target)), negs))
-    yield "grounding", rows
+    return rows
 
-    rows = []
+
+def _cl_pages(cfg: WorldConfig, rng: np.random.Generator, save: _ImageWriter, n: int) -> list[dict]:
     doc = f"{MMEB_IMAGE}{VIDORE_DOCUMENT_PROMPT}"
+    rows = []
     for _ in range(n):
         module = render.PAGE_MODULES[int(rng.integers(len(render.PAGE_MODULES)))]
         query = page_queries(module)[int(rng.integers(cfg.page_queries_per_module))]
-        negs = [(doc, save(render.render_page(rng, m))) for m in _other(rng, render.PAGE_MODULES, module, k)]
+        wrong = _other(rng, render.PAGE_MODULES, module, cfg.cl_negatives)
+        negs = [(doc, save(render.render_page(rng, m))) for m in wrong]
         rows.append(_cl_row(query, "", doc, save(render.render_page(rng, module)), negs))
-    yield "pages", rows
+    return rows
+
+
+CL_TASKS = {
+    "digits_cls": _cl_digits_cls,
+    "object_cls": _cl_object_cls,
+    "shape_vqa": _cl_shape_vqa,
+    "count_vqa": _cl_count_vqa,
+    "shapes_t2i": _cl_shapes_t2i,
+    "shapes_i2t": _cl_shapes_i2t,
+    "grounding": _cl_grounding,
+    "pages": _cl_pages,
+}
 
 
 # ----------------------------------------------------------------------------------------------- CPT
@@ -354,7 +393,7 @@ def _mmeb_subsets(cfg: WorldConfig, rng: np.random.Generator, save: _ImageWriter
         rows.append(_mmeb_row(_mmeb_query(CLS_DIGIT), img, tgts, [""] * len(tgts)))
     yield "DigitsCls", rows
 
-    names = [f"{c} {s}" for c in render.COLOURS for s in render.SHAPES]
+    names = object_names()
     rows = []
     for _ in range(n):
         combo = combos[int(rng.integers(len(combos)))]
@@ -498,7 +537,10 @@ def build_world(cfg: WorldConfig, out_dir: str | Path, *, show_progress: bool = 
 
     rng = np.random.default_rng([cfg.seed, 1])
     save = _ImageWriter(out / "cl", "images")
-    for task, rows in _cl_tasks(cfg, rng, save):
+    for task, n in cfg.cl_pairs.items():
+        if n <= 0:
+            continue
+        rows = CL_TASKS[task](cfg, rng, save, n)
         _write_jsonl(out / "cl" / f"{task}.jsonl", rows)
         manifest["cl_tasks"][task] = {"path": f"cl/{task}.jsonl", "rows": len(rows)}
     manifest["cl_images"] = save.count

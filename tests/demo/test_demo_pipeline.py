@@ -1,0 +1,144 @@
+"""The demo: the generated world is readable by every consumer, and the reduced pipeline learns.
+
+``test_world_*`` are fast (a few seconds, a tiny world). ``test_smoke_pipeline`` runs the whole reduced
+``make demo`` (world -> CPT -> CL-only and CPT+CL through the real CLIs -> MMEB + ViDoRe for three models)
+and takes about two minutes on two idle cores, so it is marked slow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("matplotlib")  # the page font; not in the mteb environment
+pytest.importorskip("sklearn")
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from demo import world as demo_world  # noqa: E402
+
+TINY = demo_world.WorldConfig(
+    cl_pairs={task: 6 for task in demo_world.CL_TASKS},
+    cpt_shape_records=6,
+    cpt_scene_records=3,
+    cpt_digit_records=4,
+    cpt_page_records=2,
+    eval_queries=8,
+    eval_digits=20,
+    cl_digits=20,
+    grounding_candidates=8,
+)
+PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world")
+    return out, demo_world.build_world(TINY, out, show_progress=False)
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "world.json"):
+        h.update(str(path.relative_to(folder)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def test_world_is_a_function_of_the_seed(tiny_world, tmp_path):
+    out, _ = tiny_world
+    again = demo_world.build_world(TINY, tmp_path / "again", show_progress=False)
+    assert _digest(tmp_path / "again" / "cl") == _digest(out / "cl")
+    assert _digest(tmp_path / "again" / "cpt") == _digest(out / "cpt")
+    other = demo_world.build_world(replace(TINY, seed=1), tmp_path / "other", show_progress=False)
+    assert _digest(tmp_path / "other" / "cl") != _digest(out / "cl")
+    assert again["mmeb_subsets"] == other["mmeb_subsets"]
+
+
+def test_world_cpt_records_match_their_images(tiny_world):
+    out, manifest = tiny_world
+    records = [json.loads(line) for line in (out / manifest["cpt"]["path"]).read_text().splitlines()]
+    assert len(records) == manifest["cpt"]["records"] > 0
+    with_images = [r for r in records if r["images"]]
+    assert with_images and len(with_images) < len(records)  # interleaved records plus text-only documents
+    for r in records:
+        assert r["text"].count(PLACEHOLDER) == len(r["images"])
+        assert all((out / "cpt" / p).is_file() for p in r["images"])
+
+    def contents(folder: Path) -> set[str]:
+        return {hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*.png")}
+
+    assert contents(out / "cl") and not contents(out / "cpt") & contents(out / "cl")  # CPT images are its own
+
+
+def test_world_cl_rows_load_in_the_trainer(tiny_world):
+    pytest.importorskip("accelerate")
+    from moca_train.cl_data import load_cl_data
+    from moca_train.config import CLDataConfig, CLDatasetConfig
+
+    out, manifest = tiny_world
+    specs = [CLDatasetConfig(name=t, path=str(out / s["path"])) for t, s in manifest["cl_tasks"].items()]
+    data = load_cl_data(CLDataConfig(datasets=specs, num_negatives=2, global_batch_size=4))
+    assert [t.name for t in data.tasks] == list(demo_world.CL_TASKS)
+    assert all(len(t.examples) == 6 for t in data.tasks)  # nothing dropped: every image exists
+    assert data.stats.get("dropped_missing_image", 0) == 0
+
+
+def test_world_mmeb_layout_reads_in_the_runner(tiny_world):
+    from moca_bench.mmeb.data import build_subset, find_image_root, read_local_rows
+
+    out, manifest = tiny_world
+    data_dir = out / "mmeb"
+    for subset, spec in manifest["mmeb_subsets"].items():
+        rows = read_local_rows(data_dir, subset)
+        assert len(rows) == spec["rows"] > 0
+        paths = [r["qry_img_path"] for r in rows] + [p for r in rows for p in r["tgt_img_path"]]
+        root = find_image_root(data_dir, paths)
+        assert all((root / p).is_file() for p in paths if p)
+        data = build_subset(subset, rows, image_root=root)
+        assert (data.candidates[:, 0] >= 0).all()
+        for r in rows:  # the ground truth sits at index 0 and is not repeated among the distractors
+            gt = (r["tgt_text"][0], r["tgt_img_path"][0])
+            assert gt not in list(zip(r["tgt_text"][1:], r["tgt_img_path"][1:], strict=True))
+
+
+def test_world_vidore_beir_layout_loads(tiny_world, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    out, manifest = tiny_world
+    path = str(out / manifest["vidore"]["path"])
+    # A private cache: datasets keys local folders by name and patterns, not content (see demo/run.py).
+    corpus, queries, qrels = (datasets.load_dataset(path, name, split="test", cache_dir=str(tmp_path / "hf"))
+                              for name in ("corpus", "queries", "qrels"))  # fmt: skip
+    assert len(corpus) == manifest["vidore"]["pages"] and corpus[0]["image"].size == (168, 168)
+    assert len(queries) == manifest["vidore"]["queries"] == len(qrels)
+    assert set(qrels["corpus-id"]) == set(corpus["corpus-id"])
+
+
+@pytest.mark.slow
+@pytest.mark.train
+@pytest.mark.vidore
+def test_smoke_pipeline(tmp_path):
+    """The reduced demo end to end: every results file, and CL beats random init where learning is fastest."""
+    pytest.importorskip("accelerate")
+    pytest.importorskip("vidore_benchmark")
+    from demo import run as demo_run
+
+    payload = demo_run.run(demo_run.PRESETS["smoke"], work=tmp_path / "work", results_dir=tmp_path / "results",
+                           seed=0, jobs=2, show_progress=False)  # fmt: skip
+    results = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert (tmp_path / "results" / "demo.png").stat().st_size > 10_000
+    assert set(results["models"]) == {"random", "cl_only", "cpt_cl"}
+    for model in results["models"].values():
+        assert set(model["mmeb"]) == set(demo_world.MMEB_SUBSETS)
+        assert 0.0 <= model["vidore"]["ndcg_at_5"] <= 100.0
+    digits = {m: r["mmeb"]["DigitsCls"] for m, r in results["models"].items()}
+    assert digits["cl_only"] >= digits["random"] + 15, digits
+    assert digits["cpt_cl"] >= digits["random"] + 15, digits
+    assert payload["table"] == results["table"]
