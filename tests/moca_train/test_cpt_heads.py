@@ -90,3 +90,30 @@ def test_add_mask_token_resizes_only_when_needed(encoder_and_processor):
     assert token_id == rows and encoder.get_input_embeddings().weight.shape[0] == rows + 1
     assert add_mask_token(processor.tokenizer, encoder) == token_id  # idempotent
     assert encoder.get_input_embeddings().weight.shape[0] == rows + 1
+
+
+def test_untied_checkpoint_uses_its_own_lm_head_for_mlm(tmp_path, tiny_dir, encoder_and_processor):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from moca_model.tiny import write_tiny_checkpoint
+
+    ckpt = write_tiny_checkpoint(tmp_path / "untied")
+    config = json.loads((ckpt / "config.json").read_text())
+    config["tie_word_embeddings"] = False
+    config.get("text_config", {})["tie_word_embeddings"] = False
+    (ckpt / "config.json").write_text(json.dumps(config))
+    state = load_file(str(ckpt / "model.safetensors"))
+    state["lm_head.weight"] = torch.randn_like(state["lm_head.weight"])  # 7B-style separate matrix
+    save_file(state, str(ckpt / "model.safetensors"), metadata={"format": "pt"})
+    encoder = load_model(ckpt, device=torch.device("cpu"), dtype=torch.float32, attn_implementation="sdpa")
+    processor = MoCaProcessor.from_pretrained(ckpt)
+    mask_id = add_mask_token(processor.tokenizer, encoder)
+    module = CPTModule(encoder, use_mae=False, checkpoint_dir=ckpt)
+    head = module.lm_head.weight
+    rows = state["lm_head.weight"].shape[0]
+    assert torch.equal(head[:rows], state["lm_head.weight"])
+    assert torch.equal(head[mask_id], encoder.get_input_embeddings().weight[mask_id])  # new row from the embedding
+    tied_encoder, _ = encoder_and_processor
+    assert not hasattr(CPTModule(tied_encoder, use_mae=False, checkpoint_dir=tiny_dir), "lm_head")  # tied: embedding
