@@ -234,7 +234,8 @@ def test_beir_run_writes_metrics_and_scores_equal_numpy(runs, tiny_dir, tiny_enc
 
 
 def test_two_runs_give_identical_metrics_and_scores(runs, tiny_dir):
-    check_ok(runs, "beir1"), check_ok(runs, "beir2")
+    check_ok(runs, "beir1")
+    check_ok(runs, "beir2")
     a = metrics_of(runs["tmp"] / "out-beir1", "moca", tiny_dir)
     b = metrics_of(runs["tmp"] / "out-beir2", "moca", tiny_dir)
     assert a == b
