@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -142,7 +143,10 @@ def test_interrupted_run_resumes_to_the_same_loss_curve(tiny_dir, corpus, tmp_pa
 @pytest.mark.slow
 def test_two_process_gloo_run(tiny_dir, corpus, tmp_path):
     out = tmp_path / "gloo"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    with socket.socket() as sock:  # a free port, so parallel test runs do not collide
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
     cmd += ["-m", "moca_train.cpt", *_args(tiny_dir, corpus, out, "--train.max_steps", "3")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
