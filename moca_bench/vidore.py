@@ -216,7 +216,11 @@ class MoCaVidoreRetriever(BaseVisionRetriever):
 
         offset = self._pages_seen
         self._pages_seen += len(passages)
-        items = [{"image": _page_source(p), "text": self.config.document_prompt} for p in passages]
+        sources = [_page_source(p) for p in passages]
+        missing = [offset + i for i, src in enumerate(sources) if src is None]
+        if missing:  # the encoder would read {"image": None} as a text-only item
+            raise MoCaInputError(f"page at corpus row {missing[0]}: no image ({len(missing)} such pages)")
+        items = [{"image": src, "text": self.config.document_prompt} for src in sources]
         try:
             return self._encode(items, batch_size, "pages")
         except MoCaInputError as exc:

@@ -138,6 +138,8 @@ def truncated_png() -> bytes:
         ("/no/such/page.png", "page at corpus row 3: image file not found"),
         ({"bytes": None, "path": "/no/such/page.png"}, "page at corpus row 3: image file not found"),
         (truncated_png(), "page at corpus row 3: .*(corrupt|truncated|cannot read)"),
+        (None, "page at corpus row 3: no image"),
+        ({"bytes": None, "path": None}, "page at corpus row 3: no image"),
     ],
 )
 def test_unreadable_page_names_its_corpus_row(retriever, bad, match):
