@@ -78,7 +78,7 @@ def make_save_fn(processor: MoCaProcessor):
     def save(model: CPTModule, directory: Path, state_dict: dict | None) -> None:
         state = state_dict if state_dict is not None else model.state_dict()
         encoder = {k[len(ENCODER_PREFIX) :]: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
-        heads = {k: v.detach().cpu().contiguous() for k, v in state.items() if not k.startswith(ENCODER_PREFIX)}
+        heads = {k: v.detach().cpu().contiguous() for k, v in model.head_state_dict(state).items()}
         model.encoder.save_pretrained(directory, state_dict=encoder, safe_serialization=True)
         processor.save_pretrained(directory)
         if heads:

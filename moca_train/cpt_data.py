@@ -160,22 +160,40 @@ def stats_cache_key(ds, spec: CPTSourceConfig, processor: MoCaProcessor, *, seed
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def row_stats(record: dict, processor: MoCaProcessor, index: int) -> tuple[int, int, int]:
-    """(text tokens without placeholders, post-resize image tokens, number of images) of one record."""
-    pieces = record["text"].split(IMAGE_PLACEHOLDER)
-    text_tokens = sum(len(ids) for ids in processor.tokenizer(pieces, add_special_tokens=False)["input_ids"])
-    image_tokens = 0
-    for src in record["images"]:
-        try:
-            image_tokens += processor.num_image_tokens(*fitted_size(open_image(src, index)))
-        except MoCaInputError as exc:  # unreadable images are replaced at load time; count the minimum
-            logger.warning("%s", exc)
-            image_tokens += processor.min_pixels // processor.factor**2
-    return text_tokens, image_tokens, len(record["images"])
+def _image_tokens(src, processor: MoCaProcessor, index: int) -> int:
+    try:
+        return processor.num_image_tokens(*fitted_size(open_image(src, index)))
+    except MoCaInputError as exc:  # unreadable images become text-only rows at load time; count the minimum
+        logger.warning("%s", exc)
+        return processor.min_pixels // processor.factor**2
+
+
+def batch_stats(records: list[dict], processor: MoCaProcessor, *, start: int = 0) -> np.ndarray:
+    """Statistics of a list of records; text of the whole list goes through the tokenizer in one call.
+
+    Args:
+        records: ``{"text", "images"}`` dicts.
+        processor: tokenizer and resize settings.
+        start: global index of the first record (for warnings).
+
+    Returns:
+        (len(records), 3) int64: text tokens without placeholders, post-resize image tokens, images.
+    """
+    pieces = [r["text"].split(IMAGE_PLACEHOLDER) for r in records]
+    flat = [p for ps in pieces for p in ps]
+    lengths = [len(ids) for ids in processor.tokenizer(flat, add_special_tokens=False)["input_ids"]] if flat else []
+    out = np.zeros((len(records), len(STATS_COLUMNS)), dtype=np.int64)
+    pos = 0
+    for i, (record, ps) in enumerate(zip(records, pieces)):
+        out[i, 0] = sum(lengths[pos : pos + len(ps)])
+        pos += len(ps)
+        out[i, 1] = sum(_image_tokens(src, processor, start + i) for src in record["images"])
+        out[i, 2] = len(record["images"])
+    return out
 
 
 def length_stats(
-    ds, spec: CPTSourceConfig, processor: MoCaProcessor, *, seed: int, cache_dir: str | Path
+    ds, spec: CPTSourceConfig, processor: MoCaProcessor, *, seed: int, cache_dir: str | Path, batch_size: int = 1000
 ) -> np.ndarray:
     """Per-row statistics, computed once and cached as ``{cache_dir}/stats-{key}.npy``.
 
@@ -185,9 +203,14 @@ def length_stats(
     path = Path(cache_dir) / f"stats-{stats_cache_key(ds, spec, processor, seed=seed)}.npy"
     if path.is_file():
         return np.load(path, allow_pickle=False)
-    stats = np.zeros((len(ds), len(STATS_COLUMNS)), dtype=np.int64)
-    for i, row in enumerate(tqdm(ds, total=len(ds), desc=f"length stats {spec.path}", mininterval=5)):
-        stats[i] = row_stats(record_from_row(row, spec), processor, i)
+    parts = []
+    with tqdm(total=len(ds), desc=f"length stats {spec.path}", mininterval=5) as bar:
+        for start in range(0, len(ds), batch_size):
+            columns = ds[start : start + batch_size]  # dict of columns
+            rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
+            parts.append(batch_stats([record_from_row(r, spec) for r in rows], processor, start=start))
+            bar.update(len(rows))
+    stats = np.concatenate(parts) if parts else np.zeros((0, len(STATS_COLUMNS)), dtype=np.int64)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
     np.save(tmp, stats, allow_pickle=False)

@@ -7,7 +7,8 @@ crashes on these ablations, §7 item 8). Losses use masked-count denominators, s
 masked token or patch gives finite zeros (§7 item 9).
 
 Parameter names: ``encoder.*`` is the ``MoCaModel`` (saved as a normal checkpoint); ``mae_decoder.*``,
-``mae_proj.*`` and ``lm_head.*`` are the training heads, which every MoCa loader ignores.
+``mae_proj.*`` and ``lm_head.*`` are the training heads, which every MoCa loader ignores. A tied
+``lm_head`` shares the embedding's Parameter and is not saved separately.
 
 Shapes: B batch, T tokens, D hidden, P patch rows, N merged visual tokens, M MLM targets, V vocabulary.
 """
@@ -21,7 +22,7 @@ from torch import nn
 
 from moca_model.bidirectional import attention_mask_for
 from moca_model.compat import rope_index
-from moca_train.heads import MAEDecoder, build_mae_proj, load_untied_lm_head, mlm_logits
+from moca_train.heads import MAEDecoder, build_mae_proj, load_untied_lm_head, tied_lm_head
 from moca_train.losses import cpt_objective, mim_loss, mlm_loss
 from moca_train.masking import IGNORE_INDEX
 
@@ -83,14 +84,20 @@ class CPTModule(nn.Module):
         if use_mae:
             self.mae_decoder = MAEDecoder(encoder)
             self.mae_proj = build_mae_proj(encoder)
-        if use_mlm and checkpoint_dir is not None:
-            head = load_untied_lm_head(encoder, checkpoint_dir)
-            if head is not None:
-                self.lm_head = head
+        if use_mlm:
+            untied = load_untied_lm_head(encoder, checkpoint_dir) if checkpoint_dir is not None else None
+            self.lm_head_tied = untied is None
+            self.lm_head = tied_lm_head(encoder) if untied is None else untied
 
-    def head_state_dict(self) -> dict[str, torch.Tensor]:
-        """The training heads' weights (everything outside ``encoder.*``)."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith(ENCODER_PREFIX)}
+    def head_state_dict(self, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The training heads' own weights: everything outside ``encoder.*``, minus a tied LM head.
+
+        Args:
+            state: a full state dict of this module (e.g. gathered under FSDP); default ``state_dict()``.
+        """
+        state = self.state_dict() if state is None else state
+        skip = ("lm_head.weight",) if getattr(self, "lm_head_tied", False) else ()
+        return {k: v for k, v in state.items() if not k.startswith(ENCODER_PREFIX) and k not in skip}
 
     def forward(
         self,
@@ -123,9 +130,7 @@ class CPTModule(nn.Module):
         mlm_count = mae_count = torch.zeros((), device=hidden.device, dtype=torch.long)
         if self.use_mlm and mlm_labels is not None:
             scored = mlm_labels != IGNORE_INDEX  # (B, T)
-            logits = mlm_logits(
-                hidden[scored], embedding=enc.get_input_embeddings().weight, lm_head=getattr(self, "lm_head", None)
-            )  # (M, V)
+            logits = self.lm_head(hidden[scored]).float()  # (M, V): only scored positions, CE in fp32
             mlm = mlm_loss(logits, mlm_labels[scored])
             mlm_count = scored.sum()
         if self.use_mae and mae_target is not None and mae_mask is not None:

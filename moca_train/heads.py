@@ -12,8 +12,9 @@ model config, never from literals:
   patch**2 (1176 for Qwen2.5-VL), weights N(0, 0.02), zero bias. Its output is laid out as K rows of C
   in patch-row order, the same layout as :func:`moca_train.masking.patch_targets`. (The reference puts
   the patch index on the fastest axis; for a freshly initialised layer that is only a permutation.)
-- MLM head: the tied input embedding (3B) or, for untied checkpoints (7B), the checkpoint's own
-  ``lm_head.weight`` loaded from its safetensors.
+- MLM head: a ``Linear`` sharing the input embedding's Parameter (tied, 3B) or, for untied checkpoints
+  (7B), the checkpoint's own ``lm_head.weight`` loaded from its safetensors. Logits are computed only
+  at scored positions, in float32.
 
 Shapes: B batch, T tokens, D hidden size, M selected positions, V vocabulary, K merge_size**2, C patch row.
 """
@@ -124,16 +125,14 @@ def load_untied_lm_head(model: MoCaModel, checkpoint_dir: str | Path) -> nn.Line
     return head
 
 
-def mlm_logits(hidden: torch.Tensor, *, embedding: torch.Tensor, lm_head: nn.Linear | None = None) -> torch.Tensor:
-    """Vocabulary logits at selected positions.
+def tied_lm_head(model: MoCaModel) -> nn.Linear:
+    """A bias-free ``Linear(D -> V)`` whose weight IS the input embedding's Parameter (tied, as in 3B).
 
-    Args:
-        hidden: (M, D) final-norm hidden states at positions that carry an MLM label.
-        embedding: (V, D) input embedding matrix (the tied head).
-        lm_head: an untied head, used instead of ``embedding`` when given.
-
-    Returns:
-        (M, V) logits in float32 (cross-entropy over a large vocabulary is done in fp32).
+    Calling the head as a module (rather than ``F.linear`` on the embedding weight) lets ZeRO-3 and FSDP
+    gather the shared weight for the call, the way they handle a ``...ForConditionalGeneration`` head.
     """
-    logits = lm_head(hidden) if lm_head is not None else nn.functional.linear(hidden, embedding)
-    return logits.float()
+    weight = model.get_input_embeddings().weight  # (V, D)
+    with torch.device("meta"):  # no throw-away V x D allocation
+        head = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    head.weight = weight
+    return head

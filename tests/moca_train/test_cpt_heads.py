@@ -115,5 +115,8 @@ def test_untied_checkpoint_uses_its_own_lm_head_for_mlm(tmp_path, tiny_dir, enco
     rows = state["lm_head.weight"].shape[0]
     assert torch.equal(head[:rows], state["lm_head.weight"])
     assert torch.equal(head[mask_id], encoder.get_input_embeddings().weight[mask_id])  # new row from the embedding
+    assert "lm_head.weight" in module.head_state_dict()  # an untied head is a trained weight of its own
     tied_encoder, _ = encoder_and_processor
-    assert not hasattr(CPTModule(tied_encoder, use_mae=False, checkpoint_dir=tiny_dir), "lm_head")  # tied: embedding
+    tied = CPTModule(tied_encoder, use_mae=False, checkpoint_dir=tiny_dir)
+    assert tied.lm_head.weight is tied_encoder.get_input_embeddings().weight  # shared Parameter (3B-style)
+    assert "lm_head.weight" not in tied.head_state_dict()  # not saved twice
