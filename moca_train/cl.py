@@ -27,6 +27,7 @@ Override any field with ``--section.field value``; ``--help`` lists them all.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sys
@@ -36,7 +37,7 @@ import torch
 
 from moca_train.cli import parse_config
 from moca_train.config import CLConfig
-from moca_train.distributed import gather_nograd, gather_with_grad, get_world_size
+from moca_train.distributed import all_reduce_gradients, gather_nograd, gather_with_grad, get_world_size
 from moca_train.losses import contrastive_logits
 
 if TYPE_CHECKING:
@@ -99,14 +100,14 @@ def make_step_fn(cfg: CLLossConfig):
             return model(**_to_device(chunk, device)).embeddings  # (n, D)
 
         loss_fn = functools.partial(contrastive_loss, pos_ids=pos_ids, neg_ids=neg_ids, cfg=cfg)
-        if cfg.gradcache:
-            ddp = accelerator.distributed_type.value in ("MULTI_GPU", "MULTI_CPU", "MULTI_XPU", "MULTI_NPU")
-            no_sync = functools.partial(accelerator.no_sync, model) if ddp else None
-            _, logs = gradcache_step(
-                encode=encode, groups=groups, loss_fn=loss_fn, backward=accelerator.backward, no_sync=no_sync
-            )
-        else:
-            _, logs = plain_step(encode=encode, groups=groups, loss_fn=loss_fn, backward=accelerator.backward)
+        step = gradcache_step if cfg.gradcache else plain_step
+        # DDP: all passes without the reducer, then one explicit average (unused vision tower on text-only
+        # chunks would stall DDP's reducer). FSDP/DeepSpeed reduce inside their own backward.
+        ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+        with accelerator.no_sync(model) if ddp else contextlib.nullcontext():
+            _, logs = step(encode=encode, groups=groups, loss_fn=loss_fn, backward=accelerator.backward)
+        if ddp:
+            all_reduce_gradients(model.parameters())
         return {**logs, "replaced_rows": float(batch["replaced"])}
 
     return step_fn

@@ -168,6 +168,8 @@ def row_to_example(row: dict, *, resolve: _Resolver, num_negatives: int, few: st
     images = parse_list(row.get("neg_image_path"), name="neg_image_path")
     negs: list[Side] = []
     for k in range(max(len(texts), len(images))):
+        if len(negs) == num_negatives:
+            break
         text = (texts[k] if k < len(texts) else "") or ""
         image, ok = resolve(images[k] if k < len(images) else None)
         if not ok:
@@ -176,8 +178,6 @@ def row_to_example(row: dict, *, resolve: _Resolver, num_negatives: int, few: st
         if not text and image is None:
             continue
         negs.append((text or pos[0], image))  # empty text next to an image: the target's instruction
-        if len(negs) == num_negatives:
-            break
     if len(negs) < num_negatives:
         if few == "drop" or not negs:
             stats["dropped_few_negatives"] += 1

@@ -10,10 +10,13 @@ Shapes: B rows per rank, W ranks (world size), D embedding dim.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 
 def is_distributed() -> bool:
@@ -69,6 +72,46 @@ def gather_nograd(x: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts, dim=0)
+
+
+def all_reduce_gradients(params: Iterable[torch.nn.Parameter], *, bucket_numel: int = 1 << 25) -> None:
+    """Average ``.grad`` of trainable parameters over ranks (sum, then divide by the world size).
+
+    Used instead of DDP's reducer when one optimizer step runs several forward/backward passes
+    (GradCache) in which some parameters may be unused (the vision tower on a text-only chunk):
+    DDP's reducer would wait for them or need ``find_unused_parameters``. A missing gradient counts
+    as zeros, so every rank joins every collective. Gradients are flattened into buckets of at most
+    ``bucket_numel`` elements per dtype and device to keep the number of collectives small.
+    """
+    if not is_distributed():
+        return
+    world = dist.get_world_size()
+    grads = []
+    for p in params:
+        if p.requires_grad:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+    buckets: list[list[torch.Tensor]] = []
+    for g in grads:
+        last = buckets[-1] if buckets else None
+        if (
+            last
+            and last[0].dtype == g.dtype
+            and last[0].device == g.device
+            and (sum(t.numel() for t in last) + g.numel() <= bucket_numel)
+        ):
+            last.append(g)
+        else:
+            buckets.append([g])
+    for bucket in buckets:
+        flat = torch.cat([g.reshape(-1) for g in bucket])
+        dist.all_reduce(flat)
+        flat /= world
+        offset = 0
+        for g in bucket:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
 
 
 def log0(logger: logging.Logger, msg: str, *args: Any, level: int = logging.INFO) -> None:

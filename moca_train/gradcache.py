@@ -10,9 +10,11 @@ micro-batches. GradCache splits the *encoder* instead:
    full-batch parameter gradient.
 
 Peak memory is one chunk's activations plus the (N, D) embeddings, whatever N is; the cost is one extra
-forward pass. Under DDP every re-forward but the last runs in ``no_sync`` so the gradients are
-all-reduced once. Under FSDP pass ``no_sync=None`` (each chunk reduces; no full unsharded gradient is
-held). DeepSpeed's engine steps on each ``backward`` and is not supported with more than one chunk.
+forward pass. Under DDP either pass ``no_sync`` (every re-forward but the last skips the all-reduce)
+or, as ``moca_train.cl`` does, run the whole step inside ``no_sync`` and average the gradients once
+with ``moca_train.distributed.all_reduce_gradients`` (robust to parameters a chunk does not use).
+Under FSDP pass ``no_sync=None`` (each chunk reduce-scatters; no unsharded gradient is held).
+DeepSpeed's engine steps on each ``backward`` and is not supported with more than one chunk.
 
 Shapes: N rows of one group (e.g. all queries of this rank), D embedding dim.
 """

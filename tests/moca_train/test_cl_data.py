@@ -1,0 +1,130 @@
+"""CL rows: list parsing without eval, few negatives, missing/unreadable images, seeded subsets, formats."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+from PIL import Image
+
+from moca_train.cl_data import load_cl_data, parse_list, subsample
+from moca_train.config import CLDataConfig, CLDatasetConfig
+
+
+def _img(path, colour=(255, 0, 0)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (56, 56), colour).save(path)
+    return path.name
+
+
+def _write(tmp_path, rows, name="t.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _cfg(path, **kw):
+    return CLDataConfig(datasets=[CLDatasetConfig(name="t", path=str(path))], global_batch_size=4, **kw)
+
+
+def test_parse_list_is_safe():
+    assert parse_list(["a", "b"]) == ["a", "b"]
+    assert parse_list('["a", "b"]') == ["a", "b"]
+    assert parse_list("['a', 'b']") == ["a", "b"]  # Python literal: ast.literal_eval
+    assert parse_list(None) == [] and parse_list("") == [] and parse_list("x.png") == ["x.png"]
+    with pytest.raises(ValueError, match="cannot parse"):
+        parse_list("[__import__('os').system('touch /tmp/pwned')]")
+
+
+def test_few_negatives_repeat_or_drop_and_missing_images_are_counted(tmp_path):
+    _img(tmp_path / "q.png")
+    rows = [
+        {"qry": "q0", "pos_text": "p0", "neg_text": "['n1', 'n2', 'n3']"},  # stringified list, 3 >= 2
+        {"qry": "q1", "pos_text": "p1", "neg_text": ["n1"]},  # too few
+        {"qry": "q2", "pos_text": "p2", "neg_text": []},  # none
+        {"qry": "q3", "qry_image_path": "missing.png", "pos_text": "p3", "neg_text": ["a", "b"]},
+        {
+            "qry": "q4",
+            "qry_image_path": "q.png",
+            "pos_text": "",
+            "pos_image_path": "",
+            "neg_text": ["a", "b", "c"],
+            "neg_image_path": ["", "gone.png", ""],
+        },  # empty positive
+        {
+            "qry": "q5",
+            "qry_image_path": "q.png",
+            "pos_text": "p5",
+            "neg_text": ["a", "", "c"],
+            "neg_image_path": ["gone.png", "", ""],
+        },  # fmt: skip
+    ]
+    path = _write(tmp_path, rows)
+    rep = load_cl_data(_cfg(path, num_negatives=2, few_negatives="repeat"))
+    ex = {e.query[0]: e for e in rep.tasks[0].examples}
+    assert sorted(ex) == ["q0", "q1", "q5"]
+    assert [n[0] for n in ex["q0"].negs] == ["n1", "n2"]
+    assert [n[0] for n in ex["q1"].negs] == ["n1", "n1"]
+    assert [n[0] for n in ex["q5"].negs] == ["c", "c"]  # 'a' had a missing image, '' had nothing
+    assert ex["q5"].query[1] == str(tmp_path / "q.png")
+    assert rep.stats == Counter(rows=6, dropped_few_negatives=1, dropped_missing_image=1, dropped_empty=1,
+                                repeated_negatives=2, negatives_missing_image=1)  # fmt: skip
+    drop = load_cl_data(_cfg(path, num_negatives=2, few_negatives="drop"))
+    assert sorted(e.query[0] for e in drop.tasks[0].examples) == ["q0"]
+    zero = load_cl_data(_cfg(path, num_negatives=0))
+    assert len(zero.tasks[0].examples) == 4 and all(e.negs == () for e in zero.tasks[0].examples)
+
+
+def test_image_negative_with_empty_text_takes_the_positive_text_and_ids_mark_duplicates(tmp_path):
+    _img(tmp_path / "imgs" / "a.png"), _img(tmp_path / "imgs" / "b.png")
+    rows = [
+        {"qry": "x", "pos_text": "<|image_1|>Represent", "pos_image_path": "a.png", "neg_text": [""],
+         "neg_image_path": ["b.png"]},
+        {"qry": "y", "pos_text": "<|image_1|>Represent", "pos_image_path": "a.png", "neg_text": ["", ""],
+         "neg_image_path": ["a.png", "b.png"]},
+    ]  # fmt: skip
+    path = _write(tmp_path, rows)
+    cfg = CLDataConfig(datasets=[CLDatasetConfig(path=str(path), image_dir=str(tmp_path / "imgs"))], num_negatives=1)
+    a, b = load_cl_data(cfg).tasks[0].examples
+    assert a.negs == (("<|image_1|>Represent", str(tmp_path / "imgs" / "b.png")),)
+    assert a.pos_id == b.pos_id and b.neg_ids == (b.pos_id,)  # identical content, identical id
+
+
+def test_subsample_is_seeded_and_random_not_first_n():
+    a = subsample(1000, 50, seed=0, name="x")
+    assert len(set(a.tolist())) == 50 and a.max() > 100
+    assert (a == subsample(1000, 50, seed=0, name="x")).all()
+    assert not (a == subsample(1000, 50, seed=1, name="x")).all()
+    assert not (a == subsample(1000, 50, seed=0, name="y")).all()  # per-dataset stream
+    assert (subsample(10, None, seed=0, name="x") == list(range(10))).all()
+
+
+def test_parquet_and_save_to_disk_sources(tmp_path):
+    pytest.importorskip("datasets")
+    import datasets
+
+    rows = [{"qry": f"q{i}", "qry_image_path": "", "pos_text": f"p{i}", "pos_image_path": "",
+             "neg_text": [f"n{i}"], "neg_image_path": [""]} for i in range(6)]  # fmt: skip
+    ds = datasets.Dataset.from_list(rows)
+    ds.to_parquet(str(tmp_path / "t.parquet"))
+    ds.save_to_disk(str(tmp_path / "disk"))
+    for path in (tmp_path / "t.parquet", tmp_path / "disk"):
+        cfg = CLDataConfig(datasets=[CLDatasetConfig(path=str(path), max_rows=4)], num_negatives=1)
+        examples = load_cl_data(cfg).tasks[0].examples
+        assert len(examples) == 4 and all(e.negs[0][0] == "n" + e.query[0][1:] for e in examples)
+
+
+def test_unreadable_image_is_replaced_by_another_row_of_the_task(tiny_encoder, tmp_path):
+    from moca_train.cl_batches import CLBatches
+    from moca_train.cl_sampler import TaskBatchSampler
+
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    _img(tmp_path / "ok.png")
+    rows = [{"qry": "q0", "qry_image_path": "bad.png", "pos_text": "p0", "neg_text": ["n"]}]
+    rows += [{"qry": f"q{i}", "qry_image_path": "ok.png", "pos_text": f"p{i}", "neg_text": ["n"]} for i in (1, 2, 3)]
+    data = load_cl_data(_cfg(_write(tmp_path, rows), num_negatives=1))
+    sampler = TaskBatchSampler(data.sizes(), global_batch_size=4, seed=0)
+    step = CLBatches(data, tiny_encoder.processor, sampler, chunk_size=4).build(0)
+    assert step["replaced"] == 1
+    assert step["query"][0]["input_ids"].shape[0] == 4 and step["neg_ids"].shape == (4, 1)
