@@ -90,9 +90,9 @@ def write_qa(root: Path, pages: list[bytes], rows: list[tuple[str, int]]) -> Pat
 
 def cli_env(tmp: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOCA_")}
-    env.update(
-        OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_DATASETS_CACHE=str(tmp / "hf-cache")
-    )
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env["HF_DATASETS_CACHE"] = str(tmp / "hf-cache")  # local parquet is converted to Arrow there
+    env.update(_TYPER_STANDARD_TRACEBACK="1", COLUMNS="1000")  # unwrapped errors, so messages can be matched
     env.update(extra)
     return env
 
