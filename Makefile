@@ -19,12 +19,14 @@ $(VENV)/.installed: pyproject.toml constraints/venv.txt
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP) torch==2.13.0
 	$(VENV)/bin/pip install $(PIP) -c constraints/venv.txt -e ".[vidore,train,mmeb,dev]"
+	$(VENV)/bin/python -m compileall -q plugins/moca_plugins  # the .pth hook runs at every start: never recompile it
 	touch $@
 
 $(VENV_MTEB)/.installed: pyproject.toml constraints/venv-mteb.txt
 	$(PY) -m venv $(VENV_MTEB)
 	$(VENV_MTEB)/bin/pip install $(PIP) torch==2.14.1 torchvision==0.29.1
 	$(VENV_MTEB)/bin/pip install $(PIP) -c constraints/venv-mteb.txt -e ".[mteb,mmeb,dev]"
+	$(VENV_MTEB)/bin/python -m compileall -q plugins/moca_plugins
 	touch $@
 
 test: env
