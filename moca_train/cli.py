@@ -11,8 +11,8 @@
 A small parser over the dataclasses instead of jsonargparse (not a dependency) or HfArgumentParser
 (which flattens nested sections): the dataclass field docstrings are the help text (read from the
 source with ``ast``, as jsonargparse does), values are coerced to the annotated types, and an unknown
-option fails with the nearest valid names. Entry points also call :func:`save_resolved_config` to write
-the resolved config (re-loadable with ``--config``) and the git revision next to each checkpoint.
+option fails with the nearest valid names. The resolved config is written next to each checkpoint by
+:func:`moca_train.checkpoint.save_resolved_config` (re-loadable with ``--config``).
 """
 
 from __future__ import annotations
@@ -21,10 +21,7 @@ import ast
 import dataclasses
 import difflib
 import inspect
-import json
 import logging
-import os
-import subprocess
 import sys
 import textwrap
 import types
@@ -38,8 +35,6 @@ import yaml
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-CONFIG_FILE = "run_config.yaml"  # resolved config, loadable with --config
-META_FILE = "run_meta.json"  # git revision, argv, versions
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -278,57 +273,3 @@ def parse_config(argv: Sequence[str] | None, cls: type[T], *, prog: str | None =
     for key, value in overrides:  # after all files, whatever the order on the command line
         _set_dotted(tree, key, value)
     return build_config(cls, tree)
-
-
-def config_to_dict(cfg: Any) -> dict:
-    """A dataclass config as plain YAML/JSON-ready data."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
-
-
-def git_revision(path: str | Path | None = None) -> dict[str, Any]:
-    """``{"commit": sha or None, "dirty": bool or None}`` of the repository holding ``path`` (default: this package)."""
-    cwd = Path(path) if path else Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout
-        return {"commit": sha, "dirty": bool(status.strip())}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-
-
-def save_resolved_config(cfg: Any, directory: str | Path, *, extra: Mapping[str, Any] | None = None) -> None:
-    """Write ``run_config.yaml`` (the resolved config, re-loadable with ``--config``) and ``run_meta.json``.
-
-    Args:
-        cfg: the root config dataclass.
-        directory: target directory (created).
-        extra: additional metadata for ``run_meta.json`` (e.g. the world size).
-    """
-    import torch
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "config_class": f"{type(cfg).__module__}.{type(cfg).__name__}",
-        "git": git_revision(),
-        "argv": sys.argv,
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        **dict(extra or {}),
-    }
-    _atomic_write(directory / CONFIG_FILE, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    _atomic_write(directory / META_FILE, json.dumps(meta, indent=2, default=str) + "\n")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)

@@ -43,7 +43,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -51,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from moca_train.cli import save_resolved_config
+from moca_train.checkpoint import ACCEL_DIR, STATE_FILE, resolve_resume, save_checkpoint
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -60,10 +59,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "trainer_state.json"
-ACCEL_DIR = "train_state"
 LOG_FILE = "log.jsonl"
-CKPT_PREFIX = "checkpoint-"
 
 LossFn = Callable[[torch.nn.Module, Any], "tuple[torch.Tensor, dict[str, float]]"]
 StepFn = Callable[[torch.nn.Module, Any, "Accelerator"], "dict[str, float]"]
@@ -122,30 +118,6 @@ def default_save_model(model: torch.nn.Module, directory: Path, state_dict: dict
     model.save_pretrained(directory, state_dict=state_dict, safe_serialization=True)
 
 
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints (``checkpoint-<step>`` with a trainer state) in step order."""
-    root = Path(output_dir)
-    found = [p for p in root.glob(f"{CKPT_PREFIX}*") if p.name[len(CKPT_PREFIX) :].isdigit()]
-    return sorted((p for p in found if (p / STATE_FILE).is_file()), key=lambda p: int(p.name[len(CKPT_PREFIX) :]))
-
-
-def resolve_resume(cfg: TrainConfig) -> Path | None:
-    """The checkpoint to resume from per ``cfg.resume`` (``auto``/path/None).
-
-    Raises:
-        FileNotFoundError: an explicit ``resume`` path is not a complete checkpoint.
-    """
-    if cfg.resume is None or cfg.resume == "none":
-        return None
-    if cfg.resume == "auto":
-        found = list_checkpoints(cfg.output_dir)
-        return found[-1] if found else None
-    path = Path(cfg.resume)
-    if not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(f"--train.resume: {str(path)!r} is not a checkpoint (no {STATE_FILE})")
-    return path
-
-
 def _mean_logs(accelerator: Accelerator, logs: dict[str, float]) -> dict[str, float]:
     """Average metrics over ranks (every rank must report the same keys)."""
     if accelerator.num_processes == 1 or not logs:
@@ -171,32 +143,6 @@ def _run_step(model, batch_iter, accelerator, cfg, loss_fn, step_fn) -> dict[str
         for key, value in logs.items():
             totals[key] = totals.get(key, 0.0) + float(value) / cfg.grad_accum_steps
     return totals
-
-
-def _save_checkpoint(accelerator, model, *, step, batches, history, cfg, save_model_fn, run_config) -> Path:
-    """Write ``checkpoint-<step>`` atomically (temporary folder, then rename) and prune old ones."""
-    root = Path(cfg.output_dir)
-    final, tmp = root / f"{CKPT_PREFIX}{step}", root / f".{CKPT_PREFIX}{step}.tmp"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp / ACCEL_DIR))  # every rank: optimizer shards, RNG states
-    state_dict = accelerator.get_state_dict(model)  # collective under FSDP / ZeRO-3
-    if accelerator.is_main_process:
-        save_model_fn(accelerator.unwrap_model(model), tmp, state_dict)
-        if run_config is not None:
-            save_resolved_config(run_config, tmp, extra={"world_size": accelerator.num_processes, "step": step})
-        state = {"step": step, "batches": batches.state_dict(), "world_size": accelerator.num_processes}
-        (tmp / STATE_FILE).write_text(json.dumps({**state, "history": history}) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.replace(final)
-        if cfg.keep_last is not None:
-            for old in list_checkpoints(root)[: -cfg.keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
-        logger.info("saved %s", final)
-    accelerator.wait_for_everyone()
-    return final
 
 
 def train(
@@ -304,7 +250,7 @@ def _loop(
             _log(accelerator, bar, root, history[-cfg.log_every :], rate)
         last = step + 1 == cfg.max_steps
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or last:
-            _save_checkpoint(
+            save_checkpoint(
                 accelerator,
                 model,
                 step=step + 1,

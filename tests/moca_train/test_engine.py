@@ -11,8 +11,9 @@ pytest.importorskip("accelerate")
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
+from moca_train.checkpoint import list_checkpoints
 from moca_train.config import TrainConfig  # noqa: E402
-from moca_train.engine import list_checkpoints, lr_factor, train  # noqa: E402
+from moca_train.engine import lr_factor, train  # noqa: E402
 
 
 class Toy(torch.nn.Module):

@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 import yaml
 
-from moca_train.cli import CONFIG_FILE, META_FILE, field_docs, parse_config, save_resolved_config
+from moca_train.checkpoint import CONFIG_FILE, META_FILE, save_resolved_config
+from moca_train.cli import field_docs, parse_config
 from moca_train.config import CLConfig, TrainConfig
 
 
