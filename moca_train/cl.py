@@ -9,9 +9,10 @@ load with ``MoCaEncoder.from_pretrained`` (hence ``vidore-benchmark --model-clas
 
 Commands::
 
-    # CPU, tiny random model, a couple of minutes
-    python -m moca_model.tiny runs/tiny-init
-    python -m moca_train.cl --config configs/cl/tiny.yaml --model.init_from runs/tiny-init
+    # CPU, tiny random model and generated shapes, about a minute (paths as in configs/cl/tiny.yaml)
+    python -m moca_model.tiny /tmp/moca-tiny
+    python -m moca_train.cl_synthetic /tmp/moca-cl-data
+    python -m moca_train.cl --config configs/cl/tiny.yaml --train.output_dir runs/cl-tiny
 
     # one GPU (GradCache keeps the 2048 global batch in memory)
     python -m moca_train.cl --config configs/cl/qwen25vl_3b.yaml --model.init_from runs/cpt/checkpoint-3311

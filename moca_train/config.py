@@ -56,8 +56,8 @@ class ModelConfig:
     processor_from: str | None = None
     """Where to load the tokenizer/image processor from; default: ``init_from``."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Parameter dtype. Keep float32 with ``train.mixed_precision: bf16`` (fp32 master weights), or
-    bfloat16 to save memory."""
+    """Parameter dtype. Keep float32 with ``train.mixed_precision: bf16`` (fp32 master weights); bfloat16
+    halves memory but rounds away AdamW updates smaller than ~1e-3 of a weight (e.g. at LR 1e-5)."""
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = None
     """Attention backend; None picks flash_attention_2 on CUDA when installed, else sdpa."""
     gradient_checkpointing: bool = False

@@ -128,3 +128,25 @@ def test_unreadable_image_is_replaced_by_another_row_of_the_task(tiny_encoder, t
     step = CLBatches(data, tiny_encoder.processor, sampler, chunk_size=4).build(0)
     assert step["replaced"] == 1
     assert step["query"][0]["input_ids"].shape[0] == 4 and step["neg_ids"].shape == (4, 1)
+
+
+def test_worker_processes_build_the_same_steps_and_track_the_position(tiny_encoder, tmp_path):
+    import itertools
+
+    from moca_train.cl_batches import CLBatches
+    from moca_train.cl_sampler import TaskBatchSampler
+
+    rows = [{"qry": f"q{i}", "pos_text": f"p{i}", "neg_text": [f"n{i}"]} for i in range(12)]
+    data = load_cl_data(_cfg(_write(tmp_path, rows), num_negatives=1))
+
+    def first_two(workers):
+        source = CLBatches(data, tiny_encoder.processor, TaskBatchSampler(data.sizes(), global_batch_size=4),
+                           chunk_size=2, num_workers=workers)  # fmt: skip
+        steps = list(itertools.islice(iter(source), 2))
+        return steps, source.state_dict()
+
+    (a, state_a), (b, state_b) = first_two(0), first_two(1)
+    assert state_a == state_b == {"position": 2}
+    for x, y in zip(a, b):
+        assert x["task"] == y["task"] and (x["pos_ids"] == y["pos_ids"]).all()
+        assert all((cx["input_ids"] == cy["input_ids"]).all() for cx, cy in zip(x["query"], y["query"]))

@@ -112,3 +112,27 @@ def test_paper_defaults_in_the_3b_recipe():
 def test_bad_option_returns_2(capsys):
     assert cl.main(["--config", TINY, "--loss.temprature", "0.1"]) == 2
     assert "did you mean --loss.temperature" in capsys.readouterr().err
+
+
+def test_lora_run_saves_merged_weights_that_load(tiny_dir, world, tmp_path):
+    pytest.importorskip("peft")
+    from safetensors.torch import load_file
+
+    from moca_model import MoCaEncoder
+
+    out = tmp_path / "lora"
+    extra = ["--model.lora.enabled", "true", "--model.lora.r", "4", "--train.max_steps", "2",
+             "--data.global_batch_size", "8"]  # fmt: skip
+    cl.run(parse_config(_args(tiny_dir, world, out, *extra), CLConfig))
+    ckpt = out / "checkpoint-2"
+    assert (ckpt / "adapter" / "adapter_config.json").is_file()
+    init, merged = load_file(tiny_dir / "model.safetensors"), load_file(ckpt / "model.safetensors")
+    assert not any("lora" in k for k in merged)
+    q = "layers.0.self_attn.q_proj.weight"  # save_pretrained writes the released layout (model.*, visual.*)
+    assert (merged["model." + q] - init["model.language_model." + q]).abs().max() > 1e-6  # adapters merged
+    vision = [k for k in merged if k.startswith("visual.")]
+    assert vision and all((merged[k] == init["model." + k]).all() for k in vision)  # LoRA never touches the ViT
+    assert MoCaEncoder.from_pretrained(ckpt, device="cpu").encode(["a red circle"], show_progress=False).shape == (
+        1,
+        64,
+    )
