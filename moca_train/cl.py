@@ -24,6 +24,11 @@ Commands::
     accelerate launch --config_file fsdp.yaml -m moca_train.cl --config configs/cl/qwen25vl_3b.yaml
 
 Override any field with ``--section.field value``; ``--help`` lists them all.
+
+Limits: DDP is tested (2 gloo ranks on CPU equal 1 process). Under FSDP/ZeRO-3 every rank must run
+the vision tower on the same steps (sharded collectives); keep ``same_task_batches`` on with tasks whose
+rows share one modality layout (the reference inserts a dummy image instead). GPU paths (bf16 autocast
+on CUDA, flash-attention, FSDP, DeepSpeed) were not run in this project's CPU-only test setting.
 """
 
 from __future__ import annotations
