@@ -1,0 +1,112 @@
+"""``make bench``: run every CPU benchmark (about 10 minutes on 2 cores) and write a Markdown summary.
+
+Each benchmark is its own module (``python -m benchmarks.<name>``) writing ``results/benchmarks/<name>.json``;
+this script runs them in sequence with sizes that fit the budget, then renders
+``results/benchmarks/SUMMARY.md`` from whatever JSON files exist. ``--only NAME ...`` runs a subset,
+``--summary-only`` just re-renders the summary. The GPU check is separate (``benchmarks/gpu_check.sh``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+
+from benchmarks.common import RESULTS
+
+logger = logging.getLogger(__name__)
+
+JOBS = {
+    "encode_tiny": ["benchmarks.encode", "--size", "tiny", "--queries", "96", "--pages", "48"],
+    "encode_mid": ["benchmarks.encode", "--size", "mid", "--queries", "64", "--pages", "32", "--repeats", "1"],
+    "scoring": ["benchmarks.scoring", "--repeats", "1", "--startup-runs", "60"],
+    "topk": ["benchmarks.topk"],
+    "mmeb_cost": ["benchmarks.mmeb_cost"],
+    "train_cpt": ["benchmarks.train_cpt", "--steps", "40"],
+    "train_cl": ["benchmarks.train_cl", "--steps", "30"],
+}
+
+
+def _fmt(x) -> str:
+    return f"{x:,.3g}" if isinstance(x, float) else str(x)
+
+
+def summary() -> str:
+    """Markdown summary of the result files present (ratios first: they are what a single run supports)."""
+    lines = ["# Benchmark summary (CPU; ratios are measured side by side in one run)", ""]
+
+    def load(name):
+        path = RESULTS / f"{name}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    for size in ("tiny", "mid"):
+        r = load(f"encode_{size}")
+        if r:
+            o, n = r["ours"], r["naive"]
+            lines += [
+                f"## Encode ({size} random model, {r['n_items']} items: {r['n_queries']} queries + {r['n_pages']} pages)",
+                "| | items/s | real tokens/s | padded fraction | peak RSS MB |",
+                "|---|---|---|---|---|",
+                f"| ours | {o['items_per_s']} | {o['real_tokens_per_s']} | {o['padded_token_fraction']} | {o['peak_rss_mb']} |",
+                f"| naive (fixed order, pad to 32) | {n['items_per_s']} | {n['real_tokens_per_s']} | "
+                f"{n['padded_token_fraction']} | {n['peak_rss_mb']} |",
+                f"\nThroughput ratio: **{r['throughput_ratio']}x**; max |diff| {r['max_abs_diff_vs_naive']:.1e}.",
+                "",
+            ]
+    r = load("scoring")
+    if r:
+        lines += [
+            "## Scoring (vidore get_scores path)",
+            "```",
+            json.dumps(r.get("scoring", r), indent=1)[:3000],
+            "```",
+            "",
+        ]
+    r = load("topk")
+    if r:
+        lines += [
+            f"## Top-k: {r['queries']} queries x {r['passages']:,} passages, dim {r['dim']}, k {r['k']}",
+            "| | seconds | peak RSS MB |",
+            "|---|---|---|",
+            f"| streamed top-k | {r['streamed']['seconds']} | {r['streamed']['peak_rss_mb']} |",
+            f"| full matrix | {r['full']['seconds']} | {r['full']['peak_rss_mb']} |",
+            f"\nTime ratio {r['time_ratio_streamed_vs_full']}, memory ratio {r['memory_ratio_streamed_vs_full']}, "
+            f"same indices: {r['same_indices']}.",
+            "",
+        ]
+    for name in ("mmeb_cost", "train_cpt", "train_cl"):
+        r = load(name)
+        if r:
+            body = {k: v for k, v in r.items() if k != "environment"}
+            lines += [f"## {name}", "```", json.dumps(body, indent=1, default=_fmt)[:3000], "```", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", nargs="+", choices=sorted(JOBS), help="run these benchmarks only")
+    p.add_argument("--summary-only", action="store_true", help="only re-render SUMMARY.md")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    failed = []
+    for name in [] if args.summary_only else (args.only or list(JOBS)):
+        t0 = time.perf_counter()
+        logger.info("== %s", name)
+        rc = subprocess.run([sys.executable, "-m", *JOBS[name]], env=env).returncode
+        logger.info("== %s: rc %d in %.0f s", name, rc, time.perf_counter() - t0)
+        if rc:
+            failed.append(name)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "SUMMARY.md").write_text(summary())
+    logger.info("summary: %s", RESULTS / "SUMMARY.md")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
