@@ -47,11 +47,13 @@ def summary() -> str:
         r = load(f"encode_{size}")
         if r:
             o, n = r["ours"], r["naive"]
+            title = f"{size} random model, {r['n_items']} items: {r['n_queries']} queries + {r['n_pages']} pages"
             lines += [
-                f"## Encode ({size} random model, {r['n_items']} items: {r['n_queries']} queries + {r['n_pages']} pages)",
+                f"## Encode ({title})",
                 "| | items/s | real tokens/s | padded fraction | peak RSS MB |",
                 "|---|---|---|---|---|",
-                f"| ours | {o['items_per_s']} | {o['real_tokens_per_s']} | {o['padded_token_fraction']} | {o['peak_rss_mb']} |",
+                f"| ours | {o['items_per_s']} | {o['real_tokens_per_s']} | {o['padded_token_fraction']} | "
+                f"{o['peak_rss_mb']} |",
                 f"| naive (fixed order, pad to 32) | {n['items_per_s']} | {n['real_tokens_per_s']} | "
                 f"{n['padded_token_fraction']} | {n['peak_rss_mb']} |",
                 f"\nThroughput ratio: **{r['throughput_ratio']}x**; max |diff| {r['max_abs_diff_vs_naive']:.1e}.",
