@@ -62,38 +62,13 @@ ARCH_TINY = {
 
 def build(arch: dict, device: torch.device, dtype: torch.dtype, impl: str, tokenizer):
     """A random-weight MoCaModel with the given architecture, built directly on ``device``."""
-    from transformers import Qwen2_5_VLConfig
-
     from moca_model.modeling_moca import MoCaModel
+    from moca_model.testing import random_config
 
-    ids = {
-        t: tokenizer.convert_tokens_to_ids(t)
-        for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
-    }
-    head_dim = arch["hidden"] // arch["heads"]
-    half = head_dim // 2
-    section = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]  # 3B: [16, 24, 24]
-    cfg = Qwen2_5_VLConfig(
-        vocab_size=max(arch["vocab"], len(tokenizer)),
-        hidden_size=arch["hidden"],
-        intermediate_size=arch["intermediate"],
-        num_hidden_layers=arch["layers"],
-        num_attention_heads=arch["heads"],
-        num_key_value_heads=arch["kv_heads"],
-        tie_word_embeddings=True,
-        rope_scaling={"type": "mrope", "mrope_section": section},
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        vision_config={
-            **arch["vision"],
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "window_size": 112,
-        },
-    )
+    cfg = random_config(
+        tokenizer, hidden=arch["hidden"], layers=arch["layers"], heads=arch["heads"], kv_heads=arch["kv_heads"],
+        intermediate=arch["intermediate"], vision=arch["vision"], vocab_size=max(arch["vocab"], len(tokenizer)),
+    )  # fmt: skip
     torch.manual_seed(0)
     with torch.device(device):
         model = MoCaModel._from_config(cfg, attn_implementation=impl, dtype=dtype)

@@ -80,7 +80,7 @@ def tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
 def tiny_config(
     tokenizer: PreTrainedTokenizerFast, *, hidden: int = 64, layers: int = 2, vision_depth: int = 2
 ) -> Qwen2_5_VLConfig:
-    """A tiny Qwen2.5-VL config (legacy flat layout, like the released checkpoints' config.json).
+    """A tiny Qwen2.5-VL config (4 heads / 2 KV heads, FFN 4x, vision hidden 64).
 
     Args:
         tokenizer: the tokenizer whose special-token ids the config must record.
@@ -91,20 +91,53 @@ def tiny_config(
     Returns:
         A ``Qwen2_5_VLConfig`` with patch 14, merge 2, temporal patch 2 (so 1176 values per patch row).
     """
+    vision = {"depth": vision_depth, "hidden_size": 64, "intermediate_size": 128, "num_heads": 4}
+    return random_config(
+        tokenizer, hidden=hidden, layers=layers, heads=4, kv_heads=2, intermediate=4 * hidden, vision=vision
+    )
+
+
+def random_config(
+    tokenizer: PreTrainedTokenizerFast,
+    *,
+    hidden: int,
+    layers: int,
+    heads: int,
+    kv_heads: int,
+    intermediate: int,
+    vision: dict,
+    vocab_size: int | None = None,
+) -> Qwen2_5_VLConfig:
+    """A Qwen2.5-VL config of any size whose special-token ids are the tokenizer's.
+
+    Args:
+        tokenizer: source of the special-token ids.
+        hidden: text hidden size.
+        layers: text decoder layers.
+        heads: attention heads.
+        kv_heads: key/value heads.
+        intermediate: text FFN size.
+        vision: ViT fields (``depth``, ``hidden_size``, ``intermediate_size``, ``num_heads``, optionally
+            ``fullatt_block_indexes``, default: the last block).
+        vocab_size: embedding rows (default ``len(tokenizer)``).
+
+    Returns:
+        The config, with Qwen2.5-VL's mRoPE proportions (t, h, w = 1/4, 3/8, 3/8 of head_dim / 2).
+    """
     from transformers import Qwen2_5_VLConfig
 
-    heads = 4
     half = hidden // heads // 2  # mrope sections must sum to head_dim / 2
-    section = [half - 2 * (half // 3), half // 3, half // 3]
+    section = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]  # 3B/7B: [16, 24, 24]
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in QWEN_SPECIAL_TOKENS}
+    vision = {"fullatt_block_indexes": [vision["depth"] - 1], **vision}
     return Qwen2_5_VLConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size or len(tokenizer),
         hidden_size=hidden,
-        intermediate_size=4 * hidden,
+        intermediate_size=intermediate,
         num_hidden_layers=layers,
         num_attention_heads=heads,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=32768,
         tie_word_embeddings=True,
         rope_scaling={"type": "mrope", "mrope_section": section},
         bos_token_id=ids["<|endoftext|>"],
@@ -115,16 +148,12 @@ def tiny_config(
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
         vision_config={
-            "depth": vision_depth,
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_heads": 4,
+            **vision,
             "out_hidden_size": hidden,
             "patch_size": 14,
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
             "window_size": 112,
-            "fullatt_block_indexes": [vision_depth - 1],
         },
         architectures=["Qwen2_5_VLForConditionalGeneration"],
     )
