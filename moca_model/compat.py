@@ -22,16 +22,20 @@ MIN_VERSION = (4, 52)
 MAX_MAJOR = 5
 
 
-def check_transformers_version() -> None:
+def check_transformers_version(version: str | None = None) -> None:
     """Raise with an actionable message outside the range this package supports.
+
+    Args:
+        version: the version to check (default: the installed transformers).
 
     Raises:
         ImportError: transformers is older than 4.52 or newer than 5.x.
     """
-    major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
+    version = version or transformers.__version__
+    major, minor = (int(p) for p in version.split(".")[:2])
     if (major, minor) < MIN_VERSION or major > MAX_MAJOR:
         raise ImportError(
-            f"moca_model supports transformers>=4.52,<6 (found {transformers.__version__}). "
+            f"moca_model supports transformers>=4.52,<6 (found {version}). "
             "4.52 is the first release whose Qwen2_5_VLModel owns the vision tower and get_rope_index; "
             "install a supported version, e.g. pip install 'transformers>=4.57,<6'."
         )
