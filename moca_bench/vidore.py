@@ -82,7 +82,7 @@ class MoCaVidoreConfig:
     revision: str | None = None
     """Hub revision of the checkpoint."""
     num_workers: int | None = None
-    """Threads that prepare batches ahead of the model (default: 2 on CUDA, 0 on CPU)."""
+    """Threads that prepare batches ahead of the model (default: 2 on CUDA, 1 on CPU)."""
     score_block_mb: float = DEFAULT_BLOCK_MB
     """Device memory per scoring block."""
     scores_dir: str | None = None
