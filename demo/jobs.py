@@ -112,6 +112,7 @@ def run_jobs(jobs: list[Job], *, max_parallel: int = 2, show_progress: bool = Tr
                 bar = tqdm(total=job.total, desc=f"{job.name:<14}", position=slot % max(max_parallel, 1),
                            leave=True, disable=not show_progress, dynamic_ncols=True)  # fmt: skip
                 slot += 1
+                logger.info("%s: started (log: %s)", job.name, job.log)
                 running[job.name] = (job, proc, bar, time.perf_counter(), handle)
             if not running and pending:
                 raise ValueError(f"unsatisfiable dependencies: {[j.name for j in pending]}")
@@ -134,6 +135,7 @@ def run_jobs(jobs: list[Job], *, max_parallel: int = 2, show_progress: bool = Tr
                         f"{job.name} failed (exit {code}); command: {' '.join(job.argv)}\n"
                         f"last lines of {job.log}:\n{_tail(job.log)}"
                     )
+                logger.info("%s: done in %.0f s (%.0f s of CPU)", job.name, job.seconds, job.cpu_seconds)
                 bar.n = job.total
                 bar.set_postfix_str(f"{job.seconds:.0f}s wall, {job.cpu_seconds:.0f}s cpu")
                 bar.close()

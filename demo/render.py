@@ -89,7 +89,7 @@ def render_shape(rng: np.random.Generator, colour: str, shape: str, position: st
     img = _background(rng, SHAPE_CANVAS)
     draw = ImageDraw.Draw(img)
     half = SHAPE_CANVAS / 2
-    radius = rng.uniform(9, 12) if size == "small" else rng.uniform(19, 24)
+    radius = rng.uniform(13, 16) if size == "small" else rng.uniform(21, 25)
     col = 1 if position.endswith("right") else 0
     row = 1 if position.startswith("bottom") else 0
     slack = half / 2 - radius - 2

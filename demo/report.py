@@ -52,7 +52,7 @@ def summarize(models: Mapping[str, Mapping], subset_meta: Mapping[str, str]) -> 
     rows["ViDoRe pages nDCG@5"] = {name: r["vidore"]["ndcg_at_5"] for name, r in models.items()}
     mteb_tasks = sorted({t for r in models.values() for t in r.get("mteb", {})})
     for task in mteb_tasks:
-        rows[f"MTEB {task}"] = {name: r.get("mteb", {}).get(task, math.nan) for name, r in models.items()}
+        rows[f"MTEB {task} nDCG@5"] = {name: r.get("mteb", {}).get(task, math.nan) for name, r in models.items()}
     return rows
 
 

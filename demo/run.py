@@ -43,7 +43,7 @@ for _var, _value in (("OMP_NUM_THREADS", "1"), ("HF_HUB_OFFLINE", "1"), ("HF_DAT
 
 from demo import report  # noqa: E402
 from demo.jobs import Job, run_jobs, train_progress  # noqa: E402
-from demo.world import MMEB_SUBSETS, VIDORE_NAME, WorldConfig, build_world  # noqa: E402
+from demo.world import MMEB_SUBSETS, VIDORE_NAME, WorldConfig, all_shape_combos, build_world  # noqa: E402
 
 logger = logging.getLogger("demo")
 
@@ -61,9 +61,9 @@ class Preset:
 
     world: WorldConfig = field(default_factory=WorldConfig)
     """The generated world."""
-    cpt_steps: int = 600
+    cpt_steps: int = 300
     """CPT optimizer steps."""
-    cl_steps: int = 900
+    cl_steps: int = 1000
     """CL optimizer steps (the same for CL only and CPT + CL)."""
 
 
@@ -136,6 +136,13 @@ def _eval_jobs(model: str, ckpt: Path, evals: Path, world: Path, deps: tuple[str
     ]  # fmt: skip
 
 
+def _mteb_job(ckpts: dict[str, Path], evals: Path, world: Path, python: Path) -> Job:
+    out = evals / "mteb.json"
+    argv = [str(python), "-m", "demo.mteb_eval", "--world", str(world), "--out", str(out)]
+    argv += [arg for m, p in ckpts.items() for arg in ("--model", f"{m}={p}")]
+    return Job("mteb", argv, evals / "mteb.log", deps=("cl_only", "cpt_cl"), done=out.is_file)
+
+
 def _read_mmeb(path: Path) -> dict[str, float]:
     datasets = json.loads(path.read_text())["datasets"]
     return {subset: float(datasets[subset]["score"]) for subset in MMEB_SUBSETS}
@@ -162,16 +169,38 @@ def _chance(manifest: dict, world: Path) -> dict[str, float]:
         chance[f"MMEB {meta}"] = sum(per_subset[s] for s in subsets) / len(subsets)
     chance["MMEB overall"] = sum(per_subset.values()) / len(per_subset)
     chance["ViDoRe pages nDCG@5"] = report.chance_ndcg5(manifest["vidore"]["pages"])
+    chance["MTEB DemoPages nDCG@5"] = chance["ViDoRe pages nDCG@5"]
+    chance["MTEB DemoShapesT2I nDCG@5"] = report.chance_ndcg5(len(all_shape_combos()))
     return {**chance, **{f"subset {s}": v for s, v in per_subset.items()}}
 
 
-def run(preset: Preset, *, work: Path, results_dir: Path, seed: int, jobs: int, show_progress: bool = True) -> dict:
-    """Run the whole demo and return the results payload (also written to ``results_dir``)."""
+def run(
+    preset: Preset,
+    *,
+    work: Path,
+    results_dir: Path,
+    seed: int,
+    jobs: int,
+    show_progress: bool = True,
+    mteb_python: Path | None = None,
+) -> dict:
+    """Run the whole demo and return the results payload (also written to ``results_dir``).
+
+    Args:
+        preset: sizes.
+        work: work directory (world, checkpoints, logs); stages whose outputs exist are skipped.
+        results_dir: where ``results.json`` and ``demo.png`` go.
+        seed: the seed of everything.
+        jobs: stages run in parallel.
+        show_progress: progress bars.
+        mteb_python: the mteb environment's interpreter; None skips the MTEB stage.
+    """
     from moca_model.tiny import write_tiny_checkpoint
 
     tic = time.perf_counter()
     preset = replace(preset, world=replace(preset.world, seed=seed))
-    plan = {"preset": asdict(preset), "seed": seed}
+    plan = {"preset": asdict(preset), "seed": seed,
+            "recipes": {"cpt": CPT_CONFIG.read_text(), "cl": CL_CONFIG.read_text()}}  # fmt: skip
     plan_path = work / "plan.json"
     if plan_path.is_file() and json.loads(plan_path.read_text()) != json.loads(json.dumps(plan)):
         logger.info("settings changed since the last run in %s: starting over", work)
@@ -203,9 +232,11 @@ def run(preset: Preset, *, work: Path, results_dir: Path, seed: int, jobs: int, 
     graph += _eval_jobs("random", ckpts["random"], evals, world, ())
     graph += _eval_jobs("cl_only", ckpts["cl_only"], evals, world, ("cl_only",))
     graph += _eval_jobs("cpt_cl", ckpts["cpt_cl"], evals, world, ("cpt_cl",))
+    if mteb_python is not None:
+        graph.append(_mteb_job(ckpts, evals, world, mteb_python))
     # Order = start priority: the long training chain first, evaluations fill the free slot.
     order = ["cpt", "cl_only", "mmeb:random", "vidore:random", "cpt_cl", "mmeb:cl_only", "vidore:cl_only",
-             "mmeb:cpt_cl", "vidore:cpt_cl"]  # fmt: skip
+             "mmeb:cpt_cl", "vidore:cpt_cl", "mteb"]  # fmt: skip
     graph.sort(key=lambda j: order.index(j.name))
     logger.info("[2/4] training (CPT, CL only, CPT + CL) and [3/4] evaluating (MMEB, ViDoRe); logs in %s", work)
     for job in graph:
@@ -217,6 +248,10 @@ def run(preset: Preset, *, work: Path, results_dir: Path, seed: int, jobs: int, 
         m: {"mmeb": _read_mmeb(evals / "mmeb" / m / "mmeb.json"), "vidore": _read_vidore(evals / "vidore" / m)}
         for m in MODELS
     }
+    if mteb_python is not None:
+        mteb = json.loads((evals / "mteb.json").read_text())
+        for m in MODELS:
+            models[m]["mteb"] = mteb[m]
     rows = report.summarize(models, MMEB_SUBSETS)
     chance = _chance(manifest, world)
     payload = {
@@ -302,7 +337,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=ROOT / "demo_out", help="world, checkpoints, logs")
     parser.add_argument("--results-dir", type=Path, default=ROOT / "results" / "demo", help="JSON and PNG")
     parser.add_argument("--jobs", type=int, default=2, help="stages run in parallel (one torch thread each)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--mteb-python",
+        type=Path,
+        default=ROOT / ".venv-mteb" / "bin" / "python",
+        help="interpreter of the mteb 2.x environment for the MTEB stage",
+    )
+    parser.add_argument("--no-mteb", action="store_true", help="skip the MTEB stage")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (default when not a terminal)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     missing = _missing_stages()
@@ -313,8 +355,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
+    mteb_python = None if args.no_mteb else args.mteb_python
+    if mteb_python is not None and not mteb_python.is_file():
+        logger.warning("no mteb environment at %s (make env builds it): skipping the MTEB stage", mteb_python)
+        mteb_python = None
     run(PRESETS[args.preset], work=args.work_dir.resolve(), results_dir=args.results_dir.resolve(),
-        seed=args.seed, jobs=args.jobs, show_progress=not args.no_progress)  # fmt: skip
+        seed=args.seed, jobs=args.jobs, show_progress=not args.no_progress and sys.stderr.isatty(),
+        mteb_python=mteb_python)  # fmt: skip
     return 0
 
 

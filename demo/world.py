@@ -69,8 +69,8 @@ MMEB_SUBSETS = {  # subset -> meta-task (MMEB's four)
 }
 VIDORE_NAME = "demo_pages"
 CL_PAIRS = {  # task -> pairs; harder tasks (position, reading titles) get more batches
-    "digits_cls": 128, "object_cls": 128, "shape_vqa": 256, "count_vqa": 192,
-    "shapes_t2i": 384, "shapes_i2t": 384, "grounding": 256, "pages": 320,
+    "digits_cls": 256, "object_cls": 192, "shape_vqa": 256, "count_vqa": 192,
+    "shapes_t2i": 320, "shapes_i2t": 320, "grounding": 256, "pages": 256,
 }  # fmt: skip
 
 

@@ -130,14 +130,18 @@ def test_smoke_pipeline(tmp_path):
     pytest.importorskip("vidore_benchmark")
     from demo import run as demo_run
 
+    mteb_python = ROOT / ".venv-mteb" / "bin" / "python"  # the MTEB stage runs where mteb 2.x lives
+    mteb_python = mteb_python if mteb_python.is_file() else None
     payload = demo_run.run(demo_run.PRESETS["smoke"], work=tmp_path / "work", results_dir=tmp_path / "results",
-                           seed=0, jobs=2, show_progress=False)  # fmt: skip
+                           seed=0, jobs=2, show_progress=False, mteb_python=mteb_python)  # fmt: skip
     results = json.loads((tmp_path / "results" / "results.json").read_text())
     assert (tmp_path / "results" / "demo.png").stat().st_size > 10_000
     assert set(results["models"]) == {"random", "cl_only", "cpt_cl"}
     for model in results["models"].values():
         assert set(model["mmeb"]) == set(demo_world.MMEB_SUBSETS)
         assert 0.0 <= model["vidore"]["ndcg_at_5"] <= 100.0
+        if mteb_python is not None:
+            assert set(model["mteb"]) == {"DemoShapesT2I", "DemoPages"}
     digits = {m: r["mmeb"]["DigitsCls"] for m, r in results["models"].items()}
     assert digits["cl_only"] >= digits["random"] + 15, digits
     assert digits["cpt_cl"] >= digits["random"] + 15, digits
