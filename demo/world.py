@@ -152,6 +152,11 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
+def _pick(rng: np.random.Generator, values):
+    """One element of ``values``, uniformly."""
+    return values[int(rng.integers(len(values)))]
+
+
 def _other(rng: np.random.Generator, values: tuple | list, exclude, k: int) -> list:
     """``k`` values different from ``exclude``, without repeats when enough exist."""
     pool = [v for v in values if v != exclude]
@@ -229,7 +234,7 @@ def _cl_object_cls(cfg: WorldConfig, rng: np.random.Generator, save: _ImageWrite
     combos, names = all_shape_combos(), object_names()
     rows = []
     for _ in range(n):
-        combo = combos[int(rng.integers(len(combos)))]
+        combo = _pick(rng, combos)
         name = f"{combo[0]} {combo[1]}"
         negs = [(w, "") for w in _other(rng, names, name, cfg.cl_negatives)]
         rows.append(_cl_row(_mmeb_query(CLS_OBJECT), save(render.render_shape(rng, *combo)), name, "", negs))
@@ -240,8 +245,8 @@ def _cl_shape_vqa(cfg: WorldConfig, rng: np.random.Generator, save: _ImageWriter
     combos = all_shape_combos()
     rows = []
     for _ in range(n):
-        combo = combos[int(rng.integers(len(combos)))]
-        attr = list(QUESTIONS)[int(rng.integers(len(QUESTIONS)))]
+        combo = _pick(rng, combos)
+        attr = _pick(rng, list(QUESTIONS))
         answer = combo[list(ATTRIBUTES).index(attr)]
         negs = [(w, "") for w in _other(rng, ATTRIBUTES[attr], answer, cfg.cl_negatives)]
         qry = _mmeb_query(VQA_PREFIX + QUESTIONS[attr])
@@ -264,7 +269,7 @@ def _cl_shapes_t2i(cfg: WorldConfig, rng: np.random.Generator, save: _ImageWrite
     combos = all_shape_combos()
     rows = []
     for _ in range(n):
-        combo = combos[int(rng.integers(len(combos)))]
+        combo = _pick(rng, combos)
         negs = [(_target(), save(render.render_shape(rng, *_one_off(rng, combo)))) for _ in range(cfg.cl_negatives)]
         qry = T2I_PREFIX + render.shape_caption(*combo) + "\n"
         rows.append(_cl_row(qry, "", _target(), save(render.render_shape(rng, *combo)), negs))
@@ -275,7 +280,7 @@ def _cl_shapes_i2t(cfg: WorldConfig, rng: np.random.Generator, save: _ImageWrite
     combos = all_shape_combos()
     rows = []
     for _ in range(n):
-        combo = combos[int(rng.integers(len(combos)))]
+        combo = _pick(rng, combos)
         negs = [(render.shape_caption(*_one_off(rng, combo)), "") for _ in range(cfg.cl_negatives)]
         img = save(render.render_shape(rng, *combo))
         rows.append(_cl_row(_mmeb_query(I2T_PROMPT), img, render.shape_caption(*combo), "", negs))
@@ -299,7 +304,7 @@ def _cl_pages(cfg: WorldConfig, rng: np.random.Generator, save: _ImageWriter, n:
     doc = f"{MMEB_IMAGE}{VIDORE_DOCUMENT_PROMPT}"
     rows = []
     for _ in range(n):
-        module = render.PAGE_MODULES[int(rng.integers(len(render.PAGE_MODULES)))]
+        module = _pick(rng, render.PAGE_MODULES)
         query = page_queries(module)[int(rng.integers(cfg.page_queries_per_module))]
         wrong = _other(rng, render.PAGE_MODULES, module, cfg.cl_negatives)
         negs = [(doc, save(render.render_page(rng, m))) for m in wrong]
@@ -329,9 +334,9 @@ def _cpt_records(cfg: WorldConfig, rng: np.random.Generator, save: _ImageWriter)
     openers = ("Here is a picture.", "Look at this image.", "A figure from the notebook.", "Another drawing.")
     for _ in range(cfg.cpt_shape_records):
         n_img = int(rng.integers(1, 4))
-        parts, images = [openers[int(rng.integers(len(openers)))]], []
+        parts, images = [_pick(rng, openers)], []
         for j in range(n_img):
-            combo = combos[int(rng.integers(len(combos)))]
+            combo = _pick(rng, combos)
             images.append(save(render.render_shape(rng, *combo)))
             lead = ("First" if j == 0 else "Next") if n_img > 1 else "It"
             parts.append(f"{PLACEHOLDER} {lead} shows {render.shape_caption(*combo)}.")
@@ -348,7 +353,7 @@ def _cpt_records(cfg: WorldConfig, rng: np.random.Generator, save: _ImageWriter)
     bitmaps, labels = render.digit_bitmaps()
     pool = _digit_split(cfg)["cpt"]
     for _ in range(cfg.cpt_digit_records):
-        picks = [int(pool[int(rng.integers(len(pool)))]) for _ in range(int(rng.integers(1, 4)))]
+        picks = [int(_pick(rng, pool)) for _ in range(int(rng.integers(1, 4)))]
         words = [render.DIGIT_WORDS[labels[i]] for i in picks]
         if len(picks) == 1:
             text = f"{PLACEHOLDER} A handwritten {words[0]}."
@@ -356,7 +361,7 @@ def _cpt_records(cfg: WorldConfig, rng: np.random.Generator, save: _ImageWriter)
             text = "The handwritten digits " + " ".join([PLACEHOLDER] * len(picks)) + f" read {', '.join(words)}."
         records.append({"text": text, "images": [save(render.render_digit(rng, bitmaps[i])) for i in picks]})
     for _ in range(cfg.cpt_page_records):
-        module = render.PAGE_MODULES[int(rng.integers(len(render.PAGE_MODULES)))]
+        module = _pick(rng, render.PAGE_MODULES)
         summary, paragraphs = render.module_doc(module)
         page = save(render.render_page(rng, module))
         records.append({"text": f"{PLACEHOLDER} The {module} module. {summary}", "images": [page]})
@@ -396,7 +401,7 @@ def _mmeb_subsets(cfg: WorldConfig, rng: np.random.Generator, save: _ImageWriter
     names = object_names()
     rows = []
     for _ in range(n):
-        combo = combos[int(rng.integers(len(combos)))]
+        combo = _pick(rng, combos)
         img = save(render.render_shape(rng, *combo))
         tgts = _rotate_first(names, f"{combo[0]} {combo[1]}")
         rows.append(_mmeb_row(_mmeb_query(CLS_OBJECT), img, tgts, [""] * len(tgts)))
@@ -405,7 +410,7 @@ def _mmeb_subsets(cfg: WorldConfig, rng: np.random.Generator, save: _ImageWriter
     answers = [a for values in ATTRIBUTES.values() for a in values]
     rows = []
     for i in range(n):
-        combo = combos[int(rng.integers(len(combos)))]
+        combo = _pick(rng, combos)
         attr = list(QUESTIONS)[i % len(QUESTIONS)]
         img = save(render.render_shape(rng, *combo))
         tgts = _rotate_first(answers, combo[list(ATTRIBUTES).index(attr)])
