@@ -50,6 +50,8 @@ class Job:
     """Extra environment variables."""
     seconds: float = 0.0
     """Wall time once finished (0 when skipped)."""
+    skipped: bool = False
+    """True when the outputs existed and the command did not run."""
     cpu_seconds: float = 0.0
     """CPU time (user + system) of the command once finished: its wall time on an idle machine, roughly,
     since every stage runs one torch thread."""
@@ -76,6 +78,16 @@ def _tail(path: Path, n: int = 40) -> str:
         return "(no log)"
 
 
+def _start(job: Job, cwd: Path | None, env: dict, show_progress: bool, slot: int, max_parallel: int) -> tuple:
+    job.log.parent.mkdir(parents=True, exist_ok=True)
+    handle = job.log.open("w")
+    proc = subprocess.Popen(job.argv, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd, env=env)
+    bar = tqdm(total=job.total, desc=f"{job.name:<14}", position=slot % max(max_parallel, 1), leave=True,
+               disable=not show_progress, dynamic_ncols=True)  # fmt: skip
+    logger.info("%s: started (log: %s)", job.name, job.log)
+    return job, proc, bar, time.perf_counter(), handle
+
+
 def run_jobs(jobs: list[Job], *, max_parallel: int = 2, show_progress: bool = True, cwd: Path | None = None) -> None:
     """Run ``jobs`` respecting ``deps``, at most ``max_parallel`` at once.
 
@@ -95,25 +107,19 @@ def run_jobs(jobs: list[Job], *, max_parallel: int = 2, show_progress: bool = Tr
     slot = 0
     try:
         while pending or running:
-            for job in [j for j in pending if set(j.deps) <= finished]:
-                if job.done is not None and job.done():
-                    logger.info("%s: outputs exist, skipped", job.name)
-                    pending.remove(job)
-                    finished.add(job.name)
-                    continue
-                if len(running) >= max_parallel:
-                    break
-                pending.remove(job)
-                job.log.parent.mkdir(parents=True, exist_ok=True)
-                handle = job.log.open("w")
-                proc = subprocess.Popen(
-                    job.argv, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd, env={**base_env, **job.env}
-                )
-                bar = tqdm(total=job.total, desc=f"{job.name:<14}", position=slot % max(max_parallel, 1),
-                           leave=True, disable=not show_progress, dynamic_ncols=True)  # fmt: skip
-                slot += 1
-                logger.info("%s: started (log: %s)", job.name, job.log)
-                running[job.name] = (job, proc, bar, time.perf_counter(), handle)
+            changed = True
+            while changed:  # skipping a job can make others ready
+                changed = False
+                for job in [j for j in pending if set(j.deps) <= finished]:
+                    if job.done is not None and job.done():
+                        logger.info("%s: outputs exist, skipped", job.name)
+                        job.skipped, changed = True, True
+                        pending.remove(job)
+                        finished.add(job.name)
+                    elif len(running) < max_parallel:
+                        pending.remove(job)
+                        running[job.name] = _start(job, cwd, {**base_env, **job.env}, show_progress, slot, max_parallel)
+                        slot, changed = slot + 1, True
             if not running and pending:
                 raise ValueError(f"unsatisfiable dependencies: {[j.name for j in pending]}")
             time.sleep(POLL_S)

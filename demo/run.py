@@ -143,6 +143,12 @@ def _mteb_job(ckpts: dict[str, Path], evals: Path, world: Path, python: Path) ->
     return Job("mteb", argv, evals / "mteb.log", deps=("cl_only", "cpt_cl"), done=out.is_file)
 
 
+def _timing(job: Job) -> dict | str:
+    if job.skipped:
+        return "skipped (outputs existed)"
+    return {"wall": round(job.seconds, 1), "cpu": round(job.cpu_seconds, 1)}
+
+
 def _read_mmeb(path: Path) -> dict[str, float]:
     datasets = json.loads(path.read_text())["datasets"]
     return {subset: float(datasets[subset]["score"]) for subset in MMEB_SUBSETS}
@@ -260,8 +266,9 @@ def run(
         "table": rows,
         "chance": chance,
         "models": models,
-        "checkpoints": {m: str(p) for m, p in ckpts.items()},
-        "stage_seconds": {j.name: {"wall": round(j.seconds, 1), "cpu": round(j.cpu_seconds, 1)} for j in graph},
+        "work_dir": str(work),
+        "checkpoints": {m: str(p.relative_to(work)) for m, p in ckpts.items()},
+        "stage_seconds": {j.name: _timing(j) for j in graph},
         "total_seconds": round(time.perf_counter() - tic, 1),
     }
     results_dir.mkdir(parents=True, exist_ok=True)

@@ -146,3 +146,20 @@ def test_smoke_pipeline(tmp_path):
     assert digits["cl_only"] >= digits["random"] + 15, digits
     assert digits["cpt_cl"] >= digits["random"] + 15, digits
     assert payload["table"] == results["table"]
+
+
+def test_jobs_respect_dependencies_skips_and_failures(tmp_path):
+    from demo.jobs import Job, JobFailedError, run_jobs
+
+    def writer(name: str, deps: tuple[str, ...] = (), done=None) -> Job:
+        code = f"import pathlib; pathlib.Path({str(tmp_path / name)!r}).write_text('x')"
+        return Job(name, [sys.executable, "-c", code], tmp_path / f"{name}.log", deps=deps, done=done)
+
+    (tmp_path / "a").write_text("existing")
+    jobs = [writer("a", done=(tmp_path / "a").is_file), writer("b", ("a",)), writer("c", ("a", "b"))]
+    run_jobs(jobs, max_parallel=2, show_progress=False)
+    assert (tmp_path / "a").read_text() == "existing"  # skipped: its outputs existed
+    assert jobs[0].skipped and (tmp_path / "c").is_file() and not jobs[2].skipped
+    bad = Job("bad", [sys.executable, "-c", "print('boom'); raise SystemExit(3)"], tmp_path / "bad.log")
+    with pytest.raises(JobFailedError, match=r"(?s)bad failed \(exit 3\).*boom"):
+        run_jobs([bad], show_progress=False)
