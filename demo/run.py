@@ -301,41 +301,6 @@ def _missing_stages() -> list[str]:
     return missing
 
 
-def _fallback(work: Path, seed: int) -> int:
-    """Until every stage's entry point exists: encode a few world items with a random tiny checkpoint."""
-    import numpy as np
-    import torch
-
-    from demo import render
-    from moca_model import MoCaEncoder
-    from moca_model.tiny import write_tiny_checkpoint
-
-    torch.set_num_threads(1)
-    rng = np.random.default_rng(seed)
-    ckpt = write_tiny_checkpoint(work / "init", seed=seed, hidden=64, layers=2)
-    shapes = [("red", "circle", "top left", "large"), ("blue", "square", "bottom right", "small"),
-              ("green", "triangle", "top right", "large")]  # fmt: skip
-    images = [render.render_shape(rng, *s) for s in shapes]
-    captions = [render.shape_caption(*s) for s in shapes]
-    bitmaps, labels = render.digit_bitmaps()
-    images.append(render.render_digit(rng, bitmaps[7]))
-    captions.append(f"digit {render.DIGIT_WORDS[labels[7]]}")
-    images.append(render.render_page(rng, "json"))
-    captions.append(render.module_doc("json")[0])
-    encoder = MoCaEncoder.from_pretrained(ckpt, device="cpu")
-    img_vecs = encoder.encode(
-        [{"image": im, "text": "\nRepresent the given image."} for im in images], show_progress=False
-    )
-    txt_vecs = encoder.encode(captions, show_progress=False)
-    sims = img_vecs @ txt_vecs.T
-    out = sys.stdout
-    out.write("cosine similarity (random init; training CLIs not landed yet)\n")
-    out.write("rows: images, named by their caption; columns: the captions in the same order\n")
-    for caption, row in zip(captions, sims, strict=True):
-        out.write(f"  {caption[:40]:<40} " + " ".join(f"{v:+.3f}" for v in row) + "\n")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and run the demo."""
     parser = argparse.ArgumentParser(prog="python demo/run.py", description=__doc__.split("\n\n")[0])
@@ -356,9 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     missing = _missing_stages()
     if missing:
-        logger.warning("entry points not available yet (%s): running the encode-only fallback", ", ".join(missing))
-        args.work_dir.mkdir(parents=True, exist_ok=True)
-        return _fallback(args.work_dir, args.seed)
+        logger.error("entry points missing from this environment: %s (make env installs them)", ", ".join(missing))
+        return 1
     import torch
 
     torch.set_num_threads(1)
