@@ -13,8 +13,8 @@ Stages, each through the toolkit's real command-line entry points (subprocesses)
 
 Usage::
 
-    make demo                                  # the full demo (about 12-15 min on 2 CPU cores)
-    python demo/run.py --preset smoke          # a reduced pipeline (about 2 min; what the test runs)
+    make demo                                  # the full demo (8.5 min on an idle 2-core CPU machine)
+    python demo/run.py --preset smoke          # a reduced pipeline (about 1.5 min; what the test runs)
     python demo/run.py --seed 1 --jobs 1       # another seed, one stage at a time
 
 Everything is a function of ``--seed``; the work directory (default ``demo_out/``) keeps the world,

@@ -2,7 +2,7 @@
 
 ``test_world_*`` are fast (a few seconds, a tiny world). ``test_smoke_pipeline`` runs the whole reduced
 ``make demo`` (world -> CPT -> CL-only and CPT+CL through the real CLIs -> MMEB + ViDoRe for three models)
-and takes about two minutes on two idle cores, so it is marked slow.
+and takes 60-90 s on two cores, so it is marked slow.
 """
 
 from __future__ import annotations
