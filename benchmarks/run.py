@@ -56,18 +56,31 @@ def summary() -> str:
                 f"{o['peak_rss_mb']} |",
                 f"| naive (fixed order, pad to 32) | {n['items_per_s']} | {n['real_tokens_per_s']} | "
                 f"{n['padded_token_fraction']} | {n['peak_rss_mb']} |",
-                f"\nThroughput ratio: **{r['throughput_ratio']}x**; max |diff| {r['max_abs_diff_vs_naive']:.1e}.",
+                f"\nThroughput ratio: **{r['throughput_ratio']}x** with the default prefetch thread, "
+                f"**{r.get('throughput_ratio_inline', '-')}x** inline (batching alone); "
+                f"max |diff| {r['max_abs_diff_vs_naive']:.1e}.",
                 "",
             ]
     r = load("scoring")
     if r:
+        cfg, sc = r["config"], r["scoring"]
         lines += [
-            "## Scoring (vidore get_scores path)",
-            "```",
-            json.dumps(r.get("scoring", r), indent=1)[:3000],
-            "```",
-            "",
+            f"## Scoring: {cfg['queries']} queries x {cfg['passages']:,} passages, dim {cfg['dim']} (CPU)",
+            "| variant | seconds | extra peak MB | time vs plain | memory vs plain | max abs diff |",
+            "|---|---|---|---|---|---|",
         ]
+        for name, v in sc.items():
+            lines.append(
+                f"| {name} | {v['median_seconds']:.2f} | {v['median_extra_peak_mb']:.0f} | "
+                f"{v['time_vs_plain']} | {v['extra_memory_vs_plain']} | {v['check']['max_abs_diff']} |"
+            )
+        hook = r.get("hook_startup", {}).get("as_configured")
+        if hook:
+            lines.append(
+                f"\nStart-up hook: +{hook['overhead_median_ms']} ms median per interpreter start "
+                f"(hook import {hook['hook_import_cumulative_median_ms']} ms)."
+            )
+        lines.append("")
     r = load("topk")
     if r:
         lines += [
