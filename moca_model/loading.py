@@ -28,11 +28,6 @@ from moca_model.modeling_moca import MoCaModel
 logger = logging.getLogger(__name__)
 
 # Applied in order, first match wins (transformers' ``key_mapping`` semantics).
-KEY_MAPPING = {
-    r"^model\.language_model\.": "language_model.",
-    r"^model\.visual\.": "visual.",
-    r"^model\.": "language_model.",
-}
 _IGNORED_PREFIXES = ("lm_head.", "mae_")
 _HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
 
@@ -41,9 +36,37 @@ class MoCaLoadError(RuntimeError):
     """A checkpoint that cannot be found or loaded faithfully."""
 
 
-def map_key(key: str) -> str:
-    """Checkpoint key -> ``MoCaModel`` parameter name."""
-    for pattern, replacement in KEY_MAPPING.items():
+def key_mapping_for(keys) -> dict[str, str]:
+    """The minimal renaming from a checkpoint's key layout to ``MoCaModel``'s (empty if already native).
+
+    Minimal on purpose: transformers 5 reverses the mapping a model was loaded with when it saves, so
+    a model loaded from the legacy layout saves in the legacy layout, and one loaded from the base
+    layout saves unchanged. Patterns apply in order, first match wins (transformers' semantics).
+
+    Args:
+        keys: every tensor name in the checkpoint.
+
+    Returns:
+        ``{regex: replacement}`` for ``from_pretrained(key_mapping=...)`` and :func:`map_key`.
+    """
+    keys = [k for k in keys if not k.startswith(_IGNORED_PREFIXES)]
+    # A leading ``encoder.`` covers state dicts saved from the reference's MMEBModel wrapper.
+    prefix = "encoder." if keys and all(k.startswith("encoder.") for k in keys) else ""
+    bare = [k[len(prefix) :] for k in keys]
+    p = re.escape(prefix)
+    if any(k.startswith(("model.language_model.", "model.visual.")) for k in bare):  # transformers >= 4.52
+        return {rf"^{p}model\.language_model\.": "language_model.", rf"^{p}model\.visual\.": "visual."}
+    if any(k.startswith("model.") for k in bare):  # as released (transformers <= 4.51)
+        mapping = {rf"^{p}model\.": "language_model."}
+        return {**mapping, rf"^{p}visual\.": "visual."} if prefix else mapping
+    if prefix:
+        return {r"^encoder\.language_model\.": "language_model.", r"^encoder\.visual\.": "visual."}
+    return {}
+
+
+def map_key(key: str, mapping: dict[str, str]) -> str:
+    """Checkpoint key -> ``MoCaModel`` parameter name under ``mapping`` (first matching pattern)."""
+    for pattern, replacement in mapping.items():
         new, n = re.subn(pattern, replacement, key)
         if n:
             return new
@@ -116,10 +139,11 @@ def load_model(path: Path, *, device: torch.device, dtype: torch.dtype, attn_imp
         MoCaLoadError: no safetensors, missing weights, or weights that differ from the file.
     """
     keys = checkpoint_keys(path)
+    mapping = key_mapping_for(keys)
     try:
         model, info = MoCaModel.from_pretrained(
             path,
-            key_mapping=KEY_MAPPING,
+            key_mapping=mapping or None,
             output_loading_info=True,
             dtype=dtype,
             attn_implementation=attn_implementation,
@@ -134,26 +158,27 @@ def load_model(path: Path, *, device: torch.device, dtype: torch.dtype, attn_imp
         raise MoCaLoadError(
             f"{len(missing)} weights missing from {str(path)!r} (e.g. {missing[:3]}); refusing random initialisation"
         )
-    unexpected = sorted(k for k in keys if map_key(k) not in dict(model.named_parameters()))
+    params = dict(model.named_parameters())
+    unexpected = sorted(k for k in keys if map_key(k, mapping) not in params)
     others = [k for k in unexpected if not k.startswith(_IGNORED_PREFIXES)]
     if others:
         logger.warning("ignored %d checkpoint tensors not used by MoCaModel, e.g. %s", len(others), others[:3])
-    _verify_against_file(model, keys)
+    _verify_against_file(model, keys, mapping)
     return model.to(device).eval()
 
 
-def _verify_against_file(model: MoCaModel, keys: dict[str, Path]) -> None:
+def _verify_against_file(model: MoCaModel, keys: dict[str, Path], mapping: dict[str, str]) -> None:
     """Compare the first text and vision tensors with the file: catches silent layout mismatches."""
     from safetensors import safe_open
 
     params = dict(model.named_parameters())
     for prefix in ("language_model.", "visual."):
-        key = next((k for k in keys if map_key(k).startswith(prefix) and map_key(k) in params), None)
+        key = next((k for k in keys if map_key(k, mapping).startswith(prefix) and map_key(k, mapping) in params), None)
         if key is None:
             raise MoCaLoadError(f"checkpoint has no {prefix}* weights")
         with safe_open(keys[key], framework="pt") as f:
             stored = f.get_tensor(key)
-        loaded = params[map_key(key)].detach().cpu()
+        loaded = params[map_key(key, mapping)].detach().cpu()
         if not torch.equal(loaded, stored.to(loaded.dtype)):
             raise MoCaLoadError(f"weight {key!r} differs from the file after loading (key layout not understood)")
 

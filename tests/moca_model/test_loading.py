@@ -22,11 +22,15 @@ def test_legacy_config_is_flat_like_the_release(tiny_legacy_dir):
     assert "text_config" not in cfg and cfg["hidden_size"] == 64 and cfg["model_type"] == "qwen2_5_vl"
 
 
-def test_save_pretrained_round_trip(tiny_encoder, tmp_path, mixed_items):
-    tiny_encoder.model.save_pretrained(tmp_path, safe_serialization=True)
-    tiny_encoder.processor.save_pretrained(tmp_path)
+@pytest.mark.parametrize("layout", ["tiny_dir", "tiny_legacy_dir"])
+def test_save_pretrained_round_trip(layout, request, tmp_path, mixed_items):
+    # transformers 5 saves with the reverse of the key mapping a model was loaded with: the saved
+    # checkpoint must still load, to the same embeddings, whatever the source layout
+    enc = MoCaEncoder.from_pretrained(request.getfixturevalue(layout), device="cpu")
+    enc.model.save_pretrained(tmp_path, safe_serialization=True)
+    enc.processor.save_pretrained(tmp_path)
     again = MoCaEncoder.from_pretrained(tmp_path, device="cpu")
-    a = tiny_encoder.encode(mixed_items[:6], show_progress=False)
+    a = enc.encode(mixed_items[:6], show_progress=False)
     assert np.array_equal(a, again.encode(mixed_items[:6], show_progress=False))
 
 
@@ -52,7 +56,7 @@ def test_missing_weight_is_an_error_not_random_init(tiny_dir, tmp_path):
 
 def test_unknown_layout_is_caught(tiny_dir, tmp_path):
     shutil.copytree(tiny_dir, tmp_path / "ck")
-    state = {f"encoder.{k}": v for k, v in load_file(tiny_dir / "model.safetensors").items()}
+    state = {f"backbone.{k}": v for k, v in load_file(tiny_dir / "model.safetensors").items()}
     save_file(state, str(tmp_path / "ck" / "model.safetensors"))
     with pytest.raises(MoCaLoadError):
         MoCaEncoder.from_pretrained(tmp_path / "ck", device="cpu")
@@ -87,3 +91,12 @@ def test_checkpoint_without_tokenizer_uses_processor_path(tiny_dir, tmp_path, mi
     )
     with pytest.raises(MoCaLoadError, match="Qwen/Qwen2.5-VL-3B-Instruct"):  # the reference's default, offline
         MoCaEncoder.from_pretrained(tmp_path / "weights", device="cpu")
+
+
+def test_state_dict_saved_from_a_wrapper_with_encoder_prefix(tiny_legacy_dir, tmp_path, mixed_items):
+    shutil.copytree(tiny_legacy_dir, tmp_path / "ck")
+    state = {f"encoder.{k}": v for k, v in load_file(tiny_legacy_dir / "model.safetensors").items()}
+    save_file(state, str(tmp_path / "ck" / "model.safetensors"))
+    a = MoCaEncoder.from_pretrained(tiny_legacy_dir, device="cpu").encode(mixed_items[:4], show_progress=False)
+    b = MoCaEncoder.from_pretrained(tmp_path / "ck", device="cpu").encode(mixed_items[:4], show_progress=False)
+    assert np.array_equal(a, b)
