@@ -63,7 +63,7 @@ class Preset:
     """The generated world."""
     cpt_steps: int = 300
     """CPT optimizer steps."""
-    cl_steps: int = 1000
+    cl_steps: int = 1400
     """CL optimizer steps (the same for CL only and CPT + CL)."""
 
 
