@@ -28,6 +28,7 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.types import OutputDType
 
+from moca_bench.model_card import MOCA_CITATION, MOCA_TRAINING_DATASETS
 from moca_bench.prompts import mteb_instruction, mteb_text
 
 if TYPE_CHECKING:
@@ -40,48 +41,6 @@ logger = logging.getLogger(__name__)
 MODEL_3B = "moca-embed/MoCa-Qwen25VL-3B"
 MODEL_7B = "moca-embed/MoCa-Qwen25VL-7B"
 CHECKPOINTS_ENV = "MOCA_MTEB_CHECKPOINTS"
-
-MOCA_CITATION = """@article{chen2025moca,
-  title={MoCa: Modality-aware Continual Pre-training Makes Better Bidirectional Multimodal Embeddings},
-  author={Chen, Haonan and Liu, Hong and Luo, Yuping and Wang, Liang and Yang, Nan and Wei, Furu and Dou, Zhicheng},
-  journal={arXiv preprint arXiv:2506.23115},
-  year={2025}
-}"""
-
-# mteb tasks built from MoCa's training data (moca-method.md §3.2, §4.3): MMEB-train subsets, InfoSeek,
-# the ColPali train set (mteb marks these four ViDoRe v1 tasks for it) and VisRAG's in-domain sets.
-MOCA_TRAINING_DATASETS = frozenset(
-    {
-        "HatefulMemesI2TRetrieval",
-        "HatefulMemesT2IRetrieval",
-        "SUN397",
-        "SUN397ZeroShot",
-        "VOC2007",
-        "Imagenet1k",
-        "Imagenet1kZeroShot",
-        "OKVQAIT2TRetrieval",
-        "CIRRIT2IRetrieval",
-        "NIGHTSI2IRetrieval",
-        "WebQAT2ITRetrieval",
-        "WebQAT2TRetrieval",
-        "VisualNewsI2TRetrieval",
-        "VisualNewsT2IRetrieval",
-        "MSCOCOI2TRetrieval",
-        "MSCOCOT2IRetrieval",
-        "InfoSeekIT2TRetrieval",
-        "InfoSeekIT2ITRetrieval",
-        "VidoreDocVQARetrieval",
-        "VidoreInfoVQARetrieval",
-        "VidoreTatdqaRetrieval",
-        "VidoreArxivQARetrieval",
-        "VisRAGRetArxivQA",
-        "VisRAGRetChartQA",
-        "VisRAGRetMPDocVQA",
-        "VisRAGRetInfoVQA",
-        "VisRAGRetPlotQA",
-        "VisRAGRetSlideVQA",
-    }
-)
 
 
 class MoCaMTEBEncoder(AbsEncoder):
