@@ -99,7 +99,9 @@ class MoCaEncoder:
             proc_dir = path
         else:
             proc_dir = resolve_checkpoint(processor_name_or_path or DEFAULT_PROCESSOR)
-        settings = {**_moca_settings(path), **_given(min_pixels, max_pixels, max_length)}
+        settings = _given(min_pixels, max_pixels, max_length)
+        if proc_dir != path:  # the checkpoint's own moca_config.json still wins over the processor's
+            settings = {**_moca_settings(path), **settings}
         processor = MoCaProcessor.from_pretrained(proc_dir, **settings)
         logger.info("loaded %s (%s, %s, %s) on %s", name_or_path, impl, dtype, type(model).__name__, device)
         return cls(model, processor, device=device)

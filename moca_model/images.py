@@ -85,14 +85,23 @@ def to_rgb(image: Image.Image, index: int) -> Image.Image:
     return fit_for_qwen(rgb, index)
 
 
+def _target_sizes(w: int, h: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((w, h) after stretching small sides, (w, h) after padding to the aspect limit).
+
+    One rule for :func:`fit_for_qwen` and :func:`fitted_size`, so length estimates match what is encoded.
+    """
+    w, h = max(w, MIN_SIDE), max(h, MIN_SIDE)
+    if max(w, h) / min(w, h) <= MAX_ASPECT:
+        return (w, h), (w, h)
+    return (w, h), ((w, -(-w // MAX_ASPECT)) if w > h else (-(-h // MAX_ASPECT), h))
+
+
 def fit_for_qwen(image: Image.Image, index: int) -> Image.Image:
     """Stretch sides under 28 px to 28 px; pad extreme aspect ratios to 200 with white."""
-    w, h = image.size
-    if w < MIN_SIDE or h < MIN_SIDE:
-        image = image.resize((max(w, MIN_SIDE), max(h, MIN_SIDE)), Image.Resampling.BICUBIC)
-        w, h = image.size
-    if max(w, h) / min(w, h) > MAX_ASPECT:
-        new_w, new_h = (w, -(-w // MAX_ASPECT)) if w > h else (-(-h // MAX_ASPECT), h)
+    (w, h), (new_w, new_h) = _target_sizes(*image.size)
+    if (w, h) != image.size:
+        image = image.resize((w, h), Image.Resampling.BICUBIC)
+    if (new_w, new_h) != (w, h):
         logger.warning(
             "item %d: aspect ratio %dx%d exceeds %d; padding to %dx%d", index, w, h, MAX_ASPECT, new_w, new_h
         )
@@ -104,8 +113,5 @@ def fit_for_qwen(image: Image.Image, index: int) -> Image.Image:
 
 def fitted_size(image: Image.Image) -> tuple[int, int]:
     """(height, width) that :func:`fit_for_qwen` will produce, from the header size only."""
-    w, h = image.size
-    w, h = max(w, MIN_SIDE), max(h, MIN_SIDE)
-    if max(w, h) / min(w, h) > MAX_ASPECT:
-        w, h = (w, -(-w // MAX_ASPECT)) if w > h else (-(-h // MAX_ASPECT), h)
+    _, (w, h) = _target_sizes(*image.size)
     return h, w
