@@ -42,11 +42,12 @@ def _current_rss_mb() -> float:
 
 def measure(work: Path, mode: str, batch: int, chunk: int) -> dict:
     """One step in this process; returns peak memory above the pre-step level (MiB) and the step time."""
-    from moca_train.cl import contrastive_loss
-    from moca_train.cl_batches import CLBatches
-    from moca_train.cl_data import load_cl_data
-    from moca_train.cl_sampler import TaskBatchSampler
-    from moca_train.config import CLDataConfig, CLDatasetConfig, CLLossConfig, ModelConfig
+    from moca_train.cl.batches import CLBatches
+    from moca_train.cl.config import CLDataConfig, CLDatasetConfig, CLLossConfig
+    from moca_train.cl.data import load_cl_data
+    from moca_train.cl.sampler import TaskBatchSampler
+    from moca_train.cl.train import contrastive_loss
+    from moca_train.config import ModelConfig
     from moca_train.gradcache import gradcache_step, plain_step
     from moca_train.modeling import build_model
 
@@ -103,9 +104,9 @@ def measure(work: Path, mode: str, batch: int, chunk: int) -> dict:
 
 def recipe_rate(work: Path, steps: int, gradcache: bool) -> dict:
     """Steps/s of the tiny recipe's training loop."""
-    import moca_train.cl as cl
+    import moca_train.cl.train as cl
+    from moca_train.cl.config import CLConfig
     from moca_train.cli import parse_config
-    from moca_train.config import CLConfig
 
     out = work / f"run-{gradcache}"
     cfg = parse_config(
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from moca_model.tiny import write_tiny_checkpoint
-    from moca_train.cl_synthetic import write_world
+    from moca_train.cl.synthetic import write_world
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

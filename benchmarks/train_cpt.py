@@ -34,11 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
 
-    import moca_train.cpt as cpt
+    import moca_train.cpt.train as cpt
     from moca_model.tiny import write_tiny_checkpoint
     from moca_train.cli import parse_config
-    from moca_train.cpt_config import CPTConfig
-    from moca_train.cpt_synthetic import write_corpus
+    from moca_train.cpt.config import CPTConfig
+    from moca_train.cpt.synthetic import write_corpus
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -80,8 +80,8 @@ def test_world_cpt_records_match_their_images(tiny_world):
 
 def test_world_cl_rows_load_in_the_trainer(tiny_world):
     pytest.importorskip("accelerate")
-    from moca_train.cl_data import load_cl_data
-    from moca_train.config import CLDataConfig, CLDatasetConfig
+    from moca_train.cl.config import CLDataConfig, CLDatasetConfig
+    from moca_train.cl.data import load_cl_data
 
     out, manifest = tiny_world
     specs = [CLDatasetConfig(name=t, path=str(out / s["path"])) for t, s in manifest["cl_tasks"].items()]

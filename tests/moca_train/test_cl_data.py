@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 from PIL import Image
 
-from moca_train.cl_data import load_cl_data, parse_list, subsample
-from moca_train.config import CLDataConfig, CLDatasetConfig
+from moca_train.cl.config import CLDataConfig, CLDatasetConfig
+from moca_train.cl.data import load_cl_data, parse_list, subsample
 
 
 def _img(path, colour=(255, 0, 0)):
@@ -116,8 +116,8 @@ def test_parquet_and_save_to_disk_sources(tmp_path):
 
 
 def test_unreadable_image_is_replaced_by_another_row_of_the_task(tiny_encoder, tmp_path):
-    from moca_train.cl_batches import CLBatches
-    from moca_train.cl_sampler import TaskBatchSampler
+    from moca_train.cl.batches import CLBatches
+    from moca_train.cl.sampler import TaskBatchSampler
 
     (tmp_path / "bad.png").write_bytes(b"not an image")
     _img(tmp_path / "ok.png")
@@ -133,8 +133,8 @@ def test_unreadable_image_is_replaced_by_another_row_of_the_task(tiny_encoder, t
 def test_worker_processes_build_the_same_steps_and_track_the_position(tiny_encoder, tmp_path):
     import itertools
 
-    from moca_train.cl_batches import CLBatches
-    from moca_train.cl_sampler import TaskBatchSampler
+    from moca_train.cl.batches import CLBatches
+    from moca_train.cl.sampler import TaskBatchSampler
 
     rows = [{"qry": f"q{i}", "pos_text": f"p{i}", "neg_text": [f"n{i}"]} for i in range(12)]
     data = load_cl_data(_cfg(_write(tmp_path, rows), num_negatives=1))

@@ -12,15 +12,15 @@ import pytest
 
 pytest.importorskip("accelerate")
 
-from moca_train import cl  # noqa: E402
+from moca_train.cl import train as cl  # noqa: E402
+from moca_train.cl.config import CLConfig  # noqa: E402
 from moca_train.cli import parse_config  # noqa: E402
-from moca_train.config import CLConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_two_gloo_ranks_equal_one_process(tiny_dir, tmp_path):
-    from moca_train.cl_synthetic import write_world
+    from moca_train.cl.synthetic import write_world
 
     world = write_world(tmp_path / "world", rows_per_task=24)
     args = [

@@ -10,9 +10,9 @@ import pytest
 
 pytest.importorskip("accelerate")
 
-from moca_train import cl  # noqa: E402
+from moca_train.cl import train as cl  # noqa: E402
+from moca_train.cl.config import CLConfig  # noqa: E402
 from moca_train.cli import parse_config  # noqa: E402
-from moca_train.config import CLConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs" / "cl" / "tiny.yaml")
@@ -20,7 +20,7 @@ TINY = str(ROOT / "configs" / "cl" / "tiny.yaml")
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from moca_train.cl_synthetic import write_world
+    from moca_train.cl.synthetic import write_world
 
     return write_world(tmp_path_factory.mktemp("cl") / "world", rows_per_task=192)
 
@@ -37,7 +37,7 @@ def _args(tiny_dir, world, out, *extra):
 def heldout_i2t_accuracy(model_dir, world) -> float:
     """Each held-out render ranks the 24 captions; hit@1 (chance 1/24)."""
     from moca_model import MoCaEncoder
-    from moca_train.cl_synthetic import IMAGE_TEXT
+    from moca_train.cl.synthetic import IMAGE_TEXT
 
     enc = MoCaEncoder.from_pretrained(model_dir, device="cpu")
     heldout = json.loads((world / "heldout.json").read_text())

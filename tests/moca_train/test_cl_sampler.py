@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from moca_train.cl_sampler import TaskBatchSampler, local_rows
+from moca_train.cl.sampler import TaskBatchSampler, local_rows
 
 
 def _take(sampler, n):

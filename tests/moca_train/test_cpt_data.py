@@ -13,12 +13,12 @@ pytest.importorskip("datasets")
 
 from moca_model import MoCaProcessor  # noqa: E402
 from moca_model.processing_moca import IMAGE_PLACEHOLDER  # noqa: E402
-from moca_train.cpt_batches import bucket_thresholds, plan_epoch  # noqa: E402
-from moca_train.cpt_collator import CPTCollator, MaskingSettings  # noqa: E402
-from moca_train.cpt_config import CPTSourceConfig  # noqa: E402
-from moca_train.cpt_data import CPTCorpus, costs_from_stats, length_stats, open_source, stats_cache_key  # noqa: E402
-from moca_train.cpt_synthetic import render, write_corpus  # noqa: E402
-from moca_train.masking import IGNORE_INDEX, special_token_ids  # noqa: E402
+from moca_train.cpt.batches import bucket_thresholds, plan_epoch  # noqa: E402
+from moca_train.cpt.collator import CPTCollator, MaskingSettings  # noqa: E402
+from moca_train.cpt.config import CPTSourceConfig  # noqa: E402
+from moca_train.cpt.data import CPTCorpus, costs_from_stats, length_stats, open_source, stats_cache_key  # noqa: E402
+from moca_train.cpt.masking import IGNORE_INDEX, special_token_ids  # noqa: E402
+from moca_train.cpt.synthetic import render, write_corpus  # noqa: E402
 
 
 @pytest.fixture(scope="module")

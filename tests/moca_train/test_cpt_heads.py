@@ -10,10 +10,10 @@ pytest.importorskip("accelerate")
 from moca_model import MoCaProcessor  # noqa: E402
 from moca_model.loading import load_model  # noqa: E402
 from moca_model.processing_moca import IMAGE_PLACEHOLDER  # noqa: E402
-from moca_train.cpt_collator import CPTCollator, MaskingSettings  # noqa: E402
-from moca_train.cpt_model import CPTModule, add_mask_token  # noqa: E402
-from moca_train.cpt_synthetic import render  # noqa: E402
-from moca_train.masking import special_token_ids  # noqa: E402
+from moca_train.cpt.collator import CPTCollator, MaskingSettings  # noqa: E402
+from moca_train.cpt.masking import special_token_ids  # noqa: E402
+from moca_train.cpt.model import CPTModule, add_mask_token  # noqa: E402
+from moca_train.cpt.synthetic import render  # noqa: E402
 
 
 @pytest.fixture

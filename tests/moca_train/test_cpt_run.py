@@ -13,10 +13,10 @@ import pytest
 
 pytest.importorskip("accelerate")
 
-import moca_train.cpt as cpt  # noqa: E402
+import moca_train.cpt.train as cpt  # noqa: E402
 from moca_train.cli import parse_config  # noqa: E402
-from moca_train.cpt_config import CPTConfig  # noqa: E402
-from moca_train.cpt_synthetic import write_corpus  # noqa: E402
+from moca_train.cpt.config import CPTConfig  # noqa: E402
+from moca_train.cpt.synthetic import write_corpus  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "configs" / "cpt").glob("*.yaml"))

@@ -7,8 +7,8 @@ import functools
 import pytest
 import torch
 
-from moca_train.cl import contrastive_loss
-from moca_train.config import CLLossConfig
+from moca_train.cl.config import CLLossConfig
+from moca_train.cl.train import contrastive_loss
 from moca_train.gradcache import gradcache_step, plain_step
 
 
@@ -52,11 +52,12 @@ def test_toy_encoder_with_dropout_matches_full_batch():
 
 
 def test_tiny_moca_model_gradcache_equals_full_batch(tiny_dir, tmp_path):
-    from moca_train.cl_batches import CLBatches
-    from moca_train.cl_data import load_cl_data
-    from moca_train.cl_sampler import TaskBatchSampler
-    from moca_train.cl_synthetic import write_world
-    from moca_train.config import CLDataConfig, CLDatasetConfig, ModelConfig
+    from moca_train.cl.batches import CLBatches
+    from moca_train.cl.config import CLDataConfig, CLDatasetConfig
+    from moca_train.cl.data import load_cl_data
+    from moca_train.cl.sampler import TaskBatchSampler
+    from moca_train.cl.synthetic import write_world
+    from moca_train.config import ModelConfig
     from moca_train.modeling import build_model
 
     world = write_world(tmp_path / "w", rows_per_task=24)

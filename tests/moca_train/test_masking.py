@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moca_train.masking import IGNORE_INDEX, mask_image_patches, mask_text_tokens, patch_targets, special_token_ids
+from moca_train.cpt.masking import IGNORE_INDEX, mask_image_patches, mask_text_tokens, patch_targets, special_token_ids
 
 SPECIAL = [0, 1, 2, 3]  # stand-ins for pad, vision start/end, image pad
 MASK_ID = 99

@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from moca_train.checkpoint import CONFIG_FILE, META_FILE, save_resolved_config
+from moca_train.cl.config import CLConfig
 from moca_train.cli import field_docs, parse_config
-from moca_train.config import CLConfig, TrainConfig
+from moca_train.config import TrainConfig
 
 
 def _yaml(tmp_path, data, name="c.yaml"):

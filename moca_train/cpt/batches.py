@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 if TYPE_CHECKING:
-    from moca_train.cpt_data import CPTCorpus
+    from moca_train.cpt.data import CPTCorpus
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class CPTBatches:
 
     Args:
         corpus: rows and costs.
-        collate: ``collate(records, generator=...) -> batch`` (a :class:`moca_train.cpt_collator.CPTCollator`).
+        collate: ``collate(records, generator=...) -> batch`` (a :class:`moca_train.cpt.collator.CPTCollator`).
         token_budget: equivalent tokens per rank per micro-batch.
         world_size: number of ranks.
         rank: this rank.

@@ -10,7 +10,7 @@ model config, never from literals:
   the finished module), which avoids the reference's partitioned-copy problem (§7 item 11).
 - MAE projection: ``Linear(hidden -> merge_size**2 * C)`` with C = channels * temporal_patch *
   patch**2 (1176 for Qwen2.5-VL), weights N(0, 0.02), zero bias. Its output is laid out as K rows of C
-  in patch-row order, the same layout as :func:`moca_train.masking.patch_targets`. (The reference puts
+  in patch-row order, the same layout as :func:`moca_train.cpt.masking.patch_targets`. (The reference puts
   the patch index on the fastest axis; for a freshly initialised layer that is only a permutation.)
 - MLM head: a ``Linear`` sharing the input embedding's Parameter (tied, 3B) or, for untied checkpoints
   (7B), the checkpoint's own ``lm_head.weight`` loaded from its safetensors. Logits are computed only

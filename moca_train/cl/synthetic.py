@@ -1,4 +1,4 @@
-"""``python -m moca_train.cl_synthetic OUT_DIR``: a small generated contrastive world for CPU runs and tests.
+"""``python -m moca_train.cl.synthetic OUT_DIR``: a small generated contrastive world for CPU runs and tests.
 
 Coloured shapes rendered with PIL (4 colours x 3 shapes x 2 sizes = 24 captions such as "a small red
 circle"), jittered in position, size and background. Two tasks in the CL row schema, with image paths
@@ -116,7 +116,7 @@ def write_world(out_dir: str | Path, *, rows_per_task: int = 384, heldout_per_co
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
-    parser = argparse.ArgumentParser(prog="python -m moca_train.cl_synthetic", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m moca_train.cl.synthetic", description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", help="directory to write")
     parser.add_argument("--rows-per-task", type=int, default=384, help="training rows per task")
     parser.add_argument("--seed", type=int, default=0, help="world seed")

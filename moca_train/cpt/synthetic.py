@@ -77,10 +77,10 @@ def write_corpus(out_dir: str | Path, *, rows: int = 200, seed: int = 0) -> Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m moca_train.cpt_synthetic OUT_DIR [--rows N] [--seed S]``: write the corpus."""
+    """``python -m moca_train.cpt.synthetic OUT_DIR [--rows N] [--seed S]``: write the corpus."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m moca_train.cpt_synthetic", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m moca_train.cpt.synthetic", description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", help="folder for cpt.jsonl and images/")
     parser.add_argument("--rows", type=int, default=600, help="number of records")
     parser.add_argument("--seed", type=int, default=0, help="corpus seed")

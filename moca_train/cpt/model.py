@@ -22,9 +22,9 @@ from torch import nn
 
 from moca_model.bidirectional import attention_mask_for
 from moca_model.compat import rope_index
-from moca_train.heads import MAEDecoder, build_mae_proj, load_untied_lm_head, tied_lm_head
+from moca_train.cpt.heads import MAEDecoder, build_mae_proj, load_untied_lm_head, tied_lm_head
+from moca_train.cpt.masking import IGNORE_INDEX
 from moca_train.losses import cpt_objective, mim_loss, mlm_loss
-from moca_train.masking import IGNORE_INDEX
 
 if TYPE_CHECKING:
     from pathlib import Path

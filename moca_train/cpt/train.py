@@ -38,13 +38,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from moca_train.cli import parse_config
-from moca_train.cpt_config import CPTConfig
+from moca_train.cpt.config import CPTConfig
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from moca_model import MoCaProcessor
-    from moca_train.cpt_model import CPTModule
+    from moca_train.cpt.model import CPTModule
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def make_save_fn(processor: MoCaProcessor):
     """Engine ``save_model_fn``: encoder as a loadable checkpoint + processor + heads in their own file."""
     from safetensors.torch import save_file
 
-    from moca_train.cpt_model import ENCODER_PREFIX
+    from moca_train.cpt.model import ENCODER_PREFIX
 
     def save(model: CPTModule, directory: Path, state_dict: dict | None) -> None:
         state = state_dict if state_dict is not None else model.state_dict()
@@ -89,10 +89,10 @@ def make_save_fn(processor: MoCaProcessor):
 
 def build_batches(cfg: CPTConfig, processor: MoCaProcessor, mask_token_id: int | None, *, accelerator):
     """Corpus (statistics cached, built by the main process first) -> this rank's stateful micro-batches."""
-    from moca_train.cpt_batches import CPTBatches
-    from moca_train.cpt_collator import CPTCollator, MaskingSettings
-    from moca_train.cpt_data import CPTCorpus
-    from moca_train.masking import special_token_ids
+    from moca_train.cpt.batches import CPTBatches
+    from moca_train.cpt.collator import CPTCollator, MaskingSettings
+    from moca_train.cpt.data import CPTCorpus
+    from moca_train.cpt.masking import special_token_ids
 
     obj = cfg.objective
     settings = MaskingSettings(
@@ -128,7 +128,7 @@ def build_batches(cfg: CPTConfig, processor: MoCaProcessor, mask_token_id: int |
 def run(cfg: CPTConfig) -> list[dict[str, float]]:
     """Continual pre-training per ``cfg``; returns the per-step history (see :func:`moca_train.engine.train`)."""
     from moca_model.loading import resolve_checkpoint
-    from moca_train.cpt_model import CPTModule, add_mask_token
+    from moca_train.cpt.model import CPTModule, add_mask_token
     from moca_train.engine import build_accelerator, train
     from moca_train.modeling import build_model
 

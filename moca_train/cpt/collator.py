@@ -2,7 +2,7 @@
 
 Records are tokenised, their images patchified and their lengths truncated by :class:`MoCaProcessor`
 (an image whose token run would be cut is dropped whole, moca-method.md §2.4), right-padded to a
-multiple of ``pad_to_multiple_of``, then corrupted by :mod:`moca_train.masking`.
+multiple of ``pad_to_multiple_of``, then corrupted by :mod:`moca_train.cpt.masking`.
 
 Text-only micro-batches get a dummy image so that the vision tower runs in every forward and backward
 (sharded engines hang when ranks run different modules). Unlike the reference, which overwrites the
@@ -23,7 +23,7 @@ import torch
 
 from moca_model.images import MoCaInputError
 from moca_model.processing_moca import IMAGE_PLACEHOLDER, Item, normalize_item
-from moca_train.masking import IGNORE_INDEX, NoiseMode, mask_image_patches, mask_text_tokens
+from moca_train.cpt.masking import IGNORE_INDEX, NoiseMode, mask_image_patches, mask_text_tokens
 
 if TYPE_CHECKING:
     from moca_model import MoCaProcessor

@@ -25,15 +25,15 @@ import torch
 
 from moca_model.images import MoCaInputError
 from moca_model.processing_moca import normalize_item
-from moca_train.cl_sampler import local_rows
+from moca_train.cl.sampler import local_rows
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from moca_model import MoCaProcessor
     from moca_model.processing_moca import Encoded
-    from moca_train.cl_data import CLData, CLExample, Side
-    from moca_train.cl_sampler import TaskBatchSampler
+    from moca_train.cl.data import CLData, CLExample, Side
+    from moca_train.cl.sampler import TaskBatchSampler
 
 logger = logging.getLogger(__name__)
 

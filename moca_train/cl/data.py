@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from moca_train.config import CLDataConfig, CLDatasetConfig
+    from moca_train.cl.config import CLDataConfig, CLDatasetConfig
 
 logger = logging.getLogger(__name__)
 

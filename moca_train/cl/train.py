@@ -11,7 +11,7 @@ Commands::
 
     # CPU, tiny random model and generated shapes, about a minute (paths as in configs/cl/tiny.yaml)
     python -m moca_model.tiny /tmp/moca-tiny
-    python -m moca_train.cl_synthetic /tmp/moca-cl-data
+    python -m moca_train.cl.synthetic /tmp/moca-cl-data
     python -m moca_train.cl --config configs/cl/tiny.yaml --train.output_dir runs/cl-tiny
 
     # one GPU (GradCache keeps the 2048 global batch in memory)
@@ -41,15 +41,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from moca_train.cl.config import CLConfig
 from moca_train.cli import parse_config
-from moca_train.config import CLConfig
 from moca_train.distributed import all_reduce_gradients, gather_nograd, gather_with_grad, get_world_size
 from moca_train.losses import contrastive_logits
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-    from moca_train.config import CLLossConfig
+    from moca_train.cl.config import CLLossConfig
 
 logger = logging.getLogger(__name__)
 
@@ -121,9 +121,9 @@ def make_step_fn(cfg: CLLossConfig):
 
 def run(cfg: CLConfig) -> list[dict[str, float]]:
     """Train per ``cfg`` and return the per-step history (see :func:`moca_train.engine.train`)."""
-    from moca_train.cl_batches import CLBatches
-    from moca_train.cl_data import load_cl_data
-    from moca_train.cl_sampler import TaskBatchSampler
+    from moca_train.cl.batches import CLBatches
+    from moca_train.cl.data import load_cl_data
+    from moca_train.cl.sampler import TaskBatchSampler
     from moca_train.distributed import log0
     from moca_train.engine import build_accelerator, train
     from moca_train.modeling import build_model, make_save_fn

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import datasets
 
     from moca_model import MoCaProcessor
-    from moca_train.cpt_config import CPTSourceConfig
+    from moca_train.cpt.config import CPTSourceConfig
 
 logger = logging.getLogger(__name__)
 

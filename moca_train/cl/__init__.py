@@ -1,0 +1,1 @@
+"""Stage 2, heterogeneous contrastive fine-tuning: ``python -m moca_train.cl`` (entry point in ``train``)."""
