@@ -71,6 +71,26 @@ def train_progress(output_dir: Path) -> Callable[[], int]:
     return read
 
 
+def simulate(jobs: list[Job], seconds: dict[str, float], *, max_parallel: int = 2) -> float:
+    """Makespan of ``jobs`` under :func:`run_jobs`' rules if each took ``seconds[name]`` (an idle machine).
+
+    With one torch thread per job, CPU seconds measured on a busy machine are close to the wall seconds the
+    job would take alone, so this turns a run's CPU seconds into its wall time on an idle machine.
+    """
+    pending, finish, running, now = list(jobs), {}, {}, 0.0
+    while pending or running:
+        for job in [j for j in pending if all(d in finish and finish[d] <= now for d in j.deps)]:
+            if len(running) < max_parallel:
+                pending.remove(job)
+                running[job.name] = now + seconds.get(job.name, 0.0)
+        if not running:
+            raise ValueError(f"unsatisfiable dependencies: {[j.name for j in pending]}")
+        name = min(running, key=running.get)
+        now = running.pop(name)
+        finish[name] = now
+    return now
+
+
 def _tail(path: Path, n: int = 40) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
@@ -88,8 +108,17 @@ def _start(job: Job, cwd: Path | None, env: dict, show_progress: bool, slot: int
     return job, proc, bar, time.perf_counter(), handle
 
 
-def run_jobs(jobs: list[Job], *, max_parallel: int = 2, show_progress: bool = True, cwd: Path | None = None) -> None:
-    """Run ``jobs`` respecting ``deps``, at most ``max_parallel`` at once.
+def run_jobs(
+    jobs: list[Job],
+    *,
+    max_parallel: int = 2,
+    show_progress: bool = True,
+    cwd: Path | None = None,
+    on_done: Callable[[Job], None] | None = None,
+) -> None:
+    """Run ``jobs`` respecting ``deps``, at most ``max_parallel`` at once; among ready jobs, list order first.
+
+    ``on_done(job)`` is called after each job that ran succeeds (e.g. to persist its timing).
 
     Raises:
         JobFailedError: a command exited non-zero (the other running jobs are terminated first).
@@ -146,6 +175,8 @@ def run_jobs(jobs: list[Job], *, max_parallel: int = 2, show_progress: bool = Tr
                 bar.set_postfix_str(f"{job.seconds:.0f}s wall, {job.cpu_seconds:.0f}s cpu")
                 bar.close()
                 finished.add(name)
+                if on_done is not None:
+                    on_done(job)
     finally:
         for job, proc, bar, _, handle in running.values():
             proc.terminate()

@@ -2,13 +2,15 @@ r"""``.venv-mteb/bin/python -m demo.mteb_eval``: the demo's models on two MTEB (
 
 The tasks are built from the world's own evaluation data, as ordinary mteb ``AbsTaskRetrieval`` tasks:
 
-- ``DemoShapesT2I`` (Any2AnyRetrieval, t2i): the 96 shape captions of the MMEB ``Shapes_t2i`` subset
-  retrieve their image among the 96 images of its pool;
-- ``DemoPages`` (DocumentUnderstanding, t2i): the ViDoRe page-retrieval set (queries -> rendered pages).
+- ``DemoShapesT2I`` (Any2AnyRetrieval, t2i): the 96 shape captions of the MMEB ``Shapes_t2i`` subset's
+  first pool retrieve their image among the 96 images of that pool;
+- ``DemoPages`` (DocumentUnderstanding, t2i): the first ViDoRe page pool (queries -> rendered pages).
 
 Models load through ``moca_bench.mteb_models`` (the toolkit's mteb integration), so inputs are
-formatted exactly as for any mteb task. Runs in the mteb environment (transformers 5.x), which also
-checks that checkpoints trained under transformers 4.x load there. Writes ``{model: {task: nDCG@5 %}}``.
+formatted exactly as for any mteb task, and each checkpoint's recorded attention (causal base,
+bidirectional arms) is honoured. Runs in the mteb environment (transformers 5.x), which also checks that
+checkpoints trained under transformers 4.x load there. It is a harness check (one pool: 96 and 32
+queries), not a powered comparison. Writes ``{model: {task: nDCG@5 %}}``.
 
 Usage::
 
@@ -54,6 +56,7 @@ def _shapes_split(world: Path):
     from demo.world import T2I_PREFIX
 
     rows = pq.read_table(world / "mmeb" / "Shapes_t2i" / "test-00000-of-00001.parquet").to_pylist()
+    rows = rows[: len(rows[0]["tgt_img_path"])]  # the first pool: one query per image of the pool
     images = sorted({p for r in rows for p in r["tgt_img_path"]})
     doc_id = {p: f"d{i}" for i, p in enumerate(images)}
     root = world / "mmeb" / "images"
@@ -71,9 +74,9 @@ def _pages_split(world: Path):
     from datasets import Dataset
     from PIL import Image
 
-    from demo.world import VIDORE_NAME
+    from demo.world import pool_name
 
-    folder = world / "vidore" / VIDORE_NAME
+    folder = world / "vidore" / pool_name(0)
     corpus_rows = pq.read_table(folder / "corpus" / "test-00000-of-00001.parquet").to_pylist()
     query_rows = pq.read_table(folder / "queries" / "test-00000-of-00001.parquet").to_pylist()
     qrel_rows = pq.read_table(folder / "qrels" / "test-00000-of-00001.parquet").to_pylist()
@@ -108,9 +111,9 @@ def build_tasks(world: Path) -> list:
         return type(name, (AbsTaskRetrieval,), {"metadata": metadata, "load_data": load_data})()
 
     return [
-        make("DemoShapesT2I", "Any2AnyRetrieval", "Shape captions retrieve their image (demo world).",
+        make("DemoShapesT2I", "Any2AnyRetrieval", "Shape captions retrieve their image (demo world, pool 0).",
              _shapes_split, {"query": T2I_INSTRUCTION}),
-        make("DemoPages", "DocumentUnderstanding", "Queries retrieve rendered documentation pages (demo world).",
+        make("DemoPages", "DocumentUnderstanding", "Queries retrieve rendered pages (demo world, pool 0).",
              _pages_split, None),
     ]  # fmt: skip
 

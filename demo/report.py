@@ -1,8 +1,7 @@
-"""The demo's results: one table on stdout, ``results.json`` and a bar chart PNG.
+"""One seed's results: every score with a 95% bootstrap interval, paired differences, a table and a chart.
 
-Input is a mapping ``model -> {"mmeb": {subset: hit@1 %}, "vidore": {"ndcg_at_5": %}, "mteb": {task: %}}``
-plus the chance level of every row (the expected score of a random ranking), so a reader can see at a
-glance how far each trained model is above random.
+Input is ``{model: {group: per-query values in %}}`` (groups: the seven MMEB subsets and ``pages``, see
+:mod:`demo.collect`). A *score* is the unweighted mean of its groups' means, as MMEB aggregates subsets.
 """
 
 from __future__ import annotations
@@ -12,8 +11,27 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
-MODEL_LABELS = {"random": "random init", "cl_only": "CL only", "cpt_cl": "CPT + CL"}
+import numpy as np
+
+from demo import stats
+from demo.collect import PAGES
+from demo.plan import ARMS, BASE
+from demo.world import MMEB_SUBSETS
+
 META_ORDER = ("Classification", "VQA", "Retrieval", "Grounding")
+PAGES_ROW = "ViDoRe pages nDCG@5"
+SCORES: dict[str, tuple[str, ...]] = {
+    **{f"MMEB {m}": tuple(s for s, meta in MMEB_SUBSETS.items() if meta == m) for m in META_ORDER},
+    "MMEB overall": tuple(MMEB_SUBSETS),
+    PAGES_ROW: (PAGES,),
+}
+# Paired differences reported when both arms ran: MoCa vs its baselines, the ablations, label efficiency.
+PAIRS = (("c", "b"), ("c", "a"), ("b", "a"), ("d", "b"), ("e", "b"), ("c_25", "b_25"), ("c_50", "b_50"))
+
+
+def label(model: str) -> str:
+    """Column label of a model."""
+    return "causal base" if model == BASE else f"({model}) {ARMS[model].label}"
 
 
 def chance_hit1(n_candidates: int) -> float:
@@ -29,46 +47,76 @@ def chance_ndcg5(n_docs: int, n_relevant: int = 1) -> float:
     return 100.0 * dcg / ideal
 
 
-def summarize(models: Mapping[str, Mapping], subset_meta: Mapping[str, str]) -> dict[str, dict[str, float]]:
-    """Rows of the main table: per model, each meta-task mean, the MMEB overall mean, page nDCG@5, MTEB.
+def chance_scores(group_chance: Mapping[str, float]) -> dict[str, float]:
+    """Chance level of every score row and subset row from each group's chance."""
+    rows = {row: sum(group_chance[g] for g in groups) / len(groups) for row, groups in SCORES.items()}
+    return {**rows, **{f"subset {s}": group_chance[s] for s in MMEB_SUBSETS}}
+
+
+def seed_summary(values: Mapping[str, Mapping[str, np.ndarray]], *, seed: int = 0) -> dict:
+    """Scores with bootstrap CIs and paired differences for the models of one seed.
 
     Args:
-        models: per model, ``{"mmeb": {subset: score}, "vidore": {"ndcg_at_5": score}, "mteb": {...}}``.
-        subset_meta: subset -> meta-task.
+        values: ``{model: {group: per-query values}}``, the same queries for every model.
+        seed: bootstrap seed.
 
     Returns:
-        ``{row name: {model: score}}`` in display order.
+        ``{"scores": {row: {model: ci}}, "subsets": {"subset S": {model: ci}}, "differences": {"c-b": {row: d}}}``
+        with ``ci = {"score", "se", "lo", "hi", "n"}`` and ``d = {"diff", "se", "lo", "hi"}``.
     """
-    rows: dict[str, dict[str, float]] = {}
-    for meta in META_ORDER:
-        subsets = [s for s, m in subset_meta.items() if m == meta]
-        if subsets:
-            rows[f"MMEB {meta}"] = {
-                name: sum(r["mmeb"][s] for s in subsets) / len(subsets) for name, r in models.items()
-            }
-    rows["MMEB overall"] = {
-        name: sum(r["mmeb"][s] for s in subset_meta) / len(subset_meta) for name, r in models.items()
-    }
-    rows["ViDoRe pages nDCG@5"] = {name: r["vidore"]["ndcg_at_5"] for name, r in models.items()}
-    mteb_tasks = sorted({t for r in models.values() for t in r.get("mteb", {})})
-    for task in mteb_tasks:
-        rows[f"MTEB {task} nDCG@5"] = {name: r.get("mteb", {}).get(task, math.nan) for name, r in models.items()}
-    return rows
+    models = list(values)
+    reps = stats.group_replicates({m: [values[m][g] for g in _groups()] for m in models}, seed=seed)
+    index = {g: i for i, g in enumerate(_groups())}
+
+    def ci(model: str, groups: tuple[str, ...]) -> dict:
+        cols = [index[g] for g in groups]
+        return stats.score_with_ci([values[model][g] for g in groups], reps[model][:, cols])
+
+    scores = {row: {m: ci(m, groups) for m in models} for row, groups in SCORES.items()}
+    subsets = {f"subset {s}": {m: ci(m, (s,)) for m in models} for s in MMEB_SUBSETS}
+    differences = {}
+    for a, b in PAIRS:
+        if a in values and b in values:
+            differences[f"{a}-{b}"] = {
+                row: stats.paired_difference(reps[a][:, [index[g] for g in groups]],
+                                             reps[b][:, [index[g] for g in groups]],
+                                             scores[row][a]["score"] - scores[row][b]["score"])
+                for row, groups in SCORES.items()
+            }  # fmt: skip
+    return {"scores": scores, "subsets": subsets, "differences": differences}
 
 
-def format_table(rows: Mapping[str, Mapping[str, float]], chance: Mapping[str, float]) -> str:
-    """A fixed-width text table: one row per metric, columns chance and each model."""
+def _groups() -> tuple[str, ...]:
+    return (*MMEB_SUBSETS, PAGES)
+
+
+def format_table(rows: Mapping[str, Mapping[str, dict]], chance: Mapping[str, float]) -> str:
+    """Fixed-width text: one row per score, ``score [lo, hi]`` per model, chance first."""
     models = list(next(iter(rows.values())))
-    head = f"{'':<24}{'chance':>9}" + "".join(f"{MODEL_LABELS.get(m, m):>13}" for m in models)
+    width = 20
+    head = f"{'':<26}{'chance':>7}" + "".join(f"{m if m == BASE else '(' + m + ')':>{width}}" for m in models)
     lines = [head, "-" * len(head)]
-    for row, scores in rows.items():
-        cells = "".join(f"{scores[m]:>13.1f}" for m in models)
-        lines.append(f"{row:<24}{chance.get(row, math.nan):>9.1f}{cells}")
+    for row, by_model in rows.items():
+        cells = "".join(f"{_cell(by_model[m]):>{width}}" for m in models)
+        lines.append(f"{row:<26}{chance.get(row, math.nan):>7.1f}{cells}")
     return "\n".join(lines)
 
 
-def write_chart(rows: Mapping[str, Mapping[str, float]], chance: Mapping[str, float], path: Path) -> None:
-    """Grouped bars (one group per row, one bar per model) with each row's chance level as a tick."""
+def _cell(ci: dict) -> str:
+    return f"{ci['score']:.1f} [{ci['lo']:.1f}, {ci['hi']:.1f}]"
+
+
+def format_differences(differences: Mapping[str, Mapping[str, dict]]) -> str:
+    """Fixed-width text of paired differences with their bootstrap intervals."""
+    lines = []
+    for pair, rows in differences.items():
+        lines.append(f"({pair.replace('-', ') - (')})")
+        lines += [f"  {row:<24}{d['diff']:>+7.1f}  [{d['lo']:+.1f}, {d['hi']:+.1f}]" for row, d in rows.items()]
+    return "\n".join(lines)
+
+
+def write_chart(rows: Mapping[str, Mapping[str, dict]], chance: Mapping[str, float], path: Path, title: str) -> None:
+    """Grouped bars (one group per score, one bar per model) with 95% CI error bars and chance as a dash."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -77,30 +125,49 @@ def write_chart(rows: Mapping[str, Mapping[str, float]], chance: Mapping[str, fl
     names = list(rows)
     models = list(next(iter(rows.values())))
     width = 0.8 / len(models)
-    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 4.2))
+    fig, ax = plt.subplots(figsize=(1.7 * len(names) + 2, 4.4))
     for k, model in enumerate(models):
         xs = [i + (k - (len(models) - 1) / 2) * width for i in range(len(names))]
-        ax.bar(xs, [rows[n][model] for n in names], width, label=MODEL_LABELS.get(model, model))
+        cis = [rows[n][model] for n in names]
+        centre = [c.get("score", c.get("mean")) for c in cis]
+        err = [[v - c["lo"] for v, c in zip(centre, cis)], [c["hi"] - v for v, c in zip(centre, cis)]]
+        ax.bar(xs, centre, width, yerr=err, capsize=2, label=label(model), error_kw={"linewidth": 0.8})
     for i, n in enumerate(names):
         if n in chance:
             ax.hlines(chance[n], i - 0.45, i + 0.45, colors="black", linestyles="dashed", linewidth=1)
     ax.set_xticks(range(len(names)), [n.replace(" ", "\n", 1) for n in names], fontsize=8)
     ax.set_ylabel("score (%): hit@1, nDCG@5")
     ax.set_ylim(0, 100)
-    ax.set_title("MoCa demo: tiny model on the generated world (dashed: chance)")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="upper left", fontsize=7, ncol=2)
     fig.tight_layout()
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> None:
+    """Save a matplotlib figure atomically and close it."""
+    import matplotlib.pyplot as plt
+
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     tmp.replace(path)
 
 
-def write_results(payload: Mapping, out_dir: Path) -> Path:
-    """Write ``results.json`` atomically and return its path."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "results.json"
-    tmp = path.with_name("results.json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+def write_json(payload: Mapping, path: Path) -> Path:
+    """Write ``payload`` as JSON atomically (NaN written as null)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_finite(payload), indent=2) + "\n")
     tmp.replace(path)
     return path
+
+
+def _finite(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Mapping):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj

@@ -58,6 +58,7 @@ class MoCaMTEBEncoder(AbsEncoder):
         checkpoint: str | None = None,
         dtype: str | None = None,
         attn_implementation: str | None = None,
+        attention: str | None = None,
         min_pixels: int | None = None,
         max_pixels: int | None = None,
         max_length: int | None = None,
@@ -75,6 +76,8 @@ class MoCaMTEBEncoder(AbsEncoder):
             checkpoint: local directory or hub id holding the weights (local checkpoints' metas set it).
             dtype: default bfloat16 on CUDA, float32 on CPU.
             attn_implementation: default flash_attention_2 when installed on CUDA, else sdpa.
+            attention: ``bidirectional`` or ``causal`` (default: the checkpoint's moca_config.json, else
+                bidirectional).
             min_pixels: per-image lower bound (default MoCa's 256 visual tokens).
             max_pixels: per-image upper bound (default MoCa's 1024 visual tokens).
             max_length: token limit after image expansion (default 1280).
@@ -98,6 +101,7 @@ class MoCaMTEBEncoder(AbsEncoder):
             device=device,
             dtype=dtype,
             attn_implementation=attn_implementation,
+            attention=attention,
             min_pixels=min_pixels,
             max_pixels=max_pixels,
             max_length=max_length,

@@ -53,6 +53,7 @@ DEFAULT_MODEL = "moca-embed/MoCa-Qwen25VL-3B"
 ENV_PREFIX = "MOCA_"
 _DTYPES = ("float32", "bfloat16", "float16")
 _ATTN = ("sdpa", "eager", "flash_attention_2")
+_ATTENTION = ("bidirectional", "causal")
 
 
 @dataclass
@@ -77,6 +78,8 @@ class MoCaVidoreConfig:
     """torch device, or "auto" (default: CUDA when available)."""
     attn_implementation: str | None = None
     """sdpa, eager or flash_attention_2 (default: flash_attention_2 on CUDA when installed, else sdpa)."""
+    attention: str | None = None
+    """bidirectional or causal text attention (default: the checkpoint's moca_config.json, else bidirectional)."""
     processor_name_or_path: str | None = None
     """Where the tokenizer comes from when the checkpoint has none."""
     revision: str | None = None
@@ -93,6 +96,8 @@ class MoCaVidoreConfig:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
         if self.attn_implementation not in (None, *_ATTN):
             raise ValueError(f"attn_implementation must be one of {_ATTN}, got {self.attn_implementation!r}")
+        if self.attention not in (None, *_ATTENTION):
+            raise ValueError(f"attention must be one of {_ATTENTION}, got {self.attention!r}")
         for name in ("min_pixels", "max_pixels", "max_length"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -168,6 +173,7 @@ class MoCaVidoreRetriever(BaseVisionRetriever):
             max_length=c.max_length,
             revision=c.revision,
             processor_name_or_path=c.processor_name_or_path,
+            attention=c.attention,
         )
         self._pages_seen = 0  # corpus row of the next page, for error messages; reset after each dataset
         self._score_calls = 0

@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     parser.add_argument("--dtype", default=None, help="bfloat16 / float32 (default: bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--attn-implementation", default=None, help="sdpa / eager / flash_attention_2")
+    parser.add_argument("--attention", choices=["bidirectional", "causal"], default=None,
+                        help="text attention (default: the checkpoint's moca_config.json, else bidirectional)")
     parser.add_argument("--min-pixels", type=int, default=None, help="per-image lower bound (default 256*28*28)")
     parser.add_argument("--max-pixels", type=int, default=None, help="per-image upper bound (default 1024*28*28)")
     parser.add_argument("--max-length", type=int, default=None, help="token limit incl. image tokens (default 1280)")
@@ -97,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         min_pixels=args.min_pixels,
         max_pixels=args.max_pixels,
         max_length=args.max_length,
+        attention=args.attention,
     )
     vectors = encoder.encode(items, batch_size=args.batch_size, show_progress=not args.no_progress)
     save_npy_atomic(args.output, vectors)

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from moca_model import moca_config
 from moca_model.images import MoCaInputError
 from moca_model.loading import default_attn_implementation, load_model, resolve_checkpoint
 from moca_model.processing_moca import Item, MoCaProcessor, normalize_item
@@ -69,6 +70,7 @@ class MoCaEncoder:
         max_length: int | None = None,
         revision: str | None = None,
         processor_name_or_path: str | Path | None = None,
+        attention: str | None = None,
     ) -> MoCaEncoder:
         """Load model and processor from a local directory or a hub id.
 
@@ -83,6 +85,8 @@ class MoCaEncoder:
             revision: hub revision.
             processor_name_or_path: where the tokenizer comes from when the checkpoint has none
                 (default: the checkpoint, then ``Qwen/Qwen2.5-VL-3B-Instruct``, as the reference does).
+            attention: ``bidirectional`` or ``causal``; default the checkpoint's ``moca_config.json``
+                (bidirectional when it records none, as every released MoCa checkpoint).
 
         Returns:
             A ready encoder.
@@ -93,7 +97,7 @@ class MoCaEncoder:
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         path = resolve_checkpoint(name_or_path, revision=revision)
         impl = attn_implementation or default_attn_implementation(device)
-        model = load_model(path, device=device, dtype=dtype, attn_implementation=impl)
+        model = load_model(path, device=device, dtype=dtype, attn_implementation=impl, attention=attention)
         has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
         if processor_name_or_path is None and has_tokenizer:
             proc_dir = path
@@ -101,9 +105,9 @@ class MoCaEncoder:
             proc_dir = resolve_checkpoint(processor_name_or_path or DEFAULT_PROCESSOR)
         settings = _given(min_pixels, max_pixels, max_length)
         if proc_dir != path:  # the checkpoint's own moca_config.json still wins over the processor's
-            settings = {**_moca_settings(path), **settings}
+            settings = {**moca_config.processing_settings(path), **settings}
         processor = MoCaProcessor.from_pretrained(proc_dir, **settings)
-        logger.info("loaded %s (%s, %s, %s) on %s", name_or_path, impl, dtype, type(model).__name__, device)
+        logger.info("loaded %s (%s, %s, %s attention) on %s", name_or_path, impl, dtype, model.attention, device)
         return cls(model, processor, device=device)
 
     @property
@@ -216,13 +220,6 @@ def length_batches(order: list[int], lengths: list[int], batch_size: int) -> lis
                 continue
         batches.append([u])
     return batches
-
-
-def _moca_settings(path: Path) -> dict:
-    import json
-
-    f = path / "moca_config.json"
-    return json.loads(f.read_text()) if f.is_file() else {}
 
 
 def _given(min_pixels, max_pixels, max_length) -> dict:

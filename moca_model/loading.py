@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from moca_model import moca_config
 from moca_model.modeling_moca import MoCaModel
 
 logger = logging.getLogger(__name__)
@@ -123,7 +124,9 @@ def default_attn_implementation(device: torch.device) -> str:
     return "sdpa"
 
 
-def load_model(path: Path, *, device: torch.device, dtype: torch.dtype, attn_implementation: str) -> MoCaModel:
+def load_model(
+    path: Path, *, device: torch.device, dtype: torch.dtype, attn_implementation: str, attention: str | None = None
+) -> MoCaModel:
     """Load ``MoCaModel`` from a local checkpoint directory in any supported layout.
 
     Args:
@@ -131,13 +134,20 @@ def load_model(path: Path, *, device: torch.device, dtype: torch.dtype, attn_imp
         device: where the weights go.
         dtype: parameter dtype.
         attn_implementation: ``sdpa``, ``eager`` or ``flash_attention_2``.
+        attention: ``bidirectional`` or ``causal``; None uses the checkpoint's ``moca_config.json``
+            (bidirectional when it records none, as every released MoCa checkpoint).
 
     Returns:
-        The model in eval mode.
+        The model in eval mode, its ``bidirectional`` attribute set accordingly.
 
     Raises:
-        MoCaLoadError: no safetensors, missing weights, or weights that differ from the file.
+        MoCaLoadError: no safetensors, missing weights, weights that differ from the file, or an unknown
+            attention mode.
     """
+    try:
+        mode = moca_config.check_attention(attention) if attention is not None else moca_config.attention(path)
+    except ValueError as exc:
+        raise MoCaLoadError(str(exc)) from None
     keys = checkpoint_keys(path)
     mapping = key_mapping_for(keys)
     try:
@@ -164,6 +174,7 @@ def load_model(path: Path, *, device: torch.device, dtype: torch.dtype, attn_imp
     if others:
         logger.warning("ignored %d checkpoint tensors not used by MoCaModel, e.g. %s", len(others), others[:3])
     _verify_against_file(model, keys, mapping)
+    model.set_attention(mode)
     return model.to(device).eval()
 
 

@@ -16,6 +16,7 @@ import torch
 from transformers import Qwen2_5_VLModel
 from transformers.utils import ModelOutput
 
+from moca_model import moca_config
 from moca_model.bidirectional import attention_mask_for, set_causal
 from moca_model.compat import check_transformers_version, rope_index
 from moca_model.pooling import l2_normalize, mean_pool
@@ -37,7 +38,12 @@ class EmbeddingOutput(ModelOutput):
 
 
 class MoCaModel(Qwen2_5_VLModel):
-    """Bidirectional, mean-pooled Qwen2.5-VL embedder."""
+    """Mean-pooled Qwen2.5-VL embedder; bidirectional (MoCa) unless switched to causal.
+
+    ``bidirectional`` is the runtime truth about the attention mode; :func:`moca_model.loading.load_model`
+    sets it from the checkpoint's ``moca_config.json`` (or the caller's override), and
+    :meth:`save_pretrained` records it there.
+    """
 
     def __init__(self, config):
         super().__init__(config)
@@ -48,6 +54,21 @@ class MoCaModel(Qwen2_5_VLModel):
         """Switch between MoCa's bidirectional attention and Qwen's causal attention (idempotent)."""
         self.bidirectional = bidirectional
         set_causal(self.language_model, causal=not bidirectional)
+
+    @property
+    def attention(self) -> str:
+        """``"bidirectional"`` or ``"causal"`` (the value ``moca_config.json`` records)."""
+        return "bidirectional" if self.bidirectional else "causal"
+
+    def set_attention(self, attention: str) -> None:
+        """Set the mode by name (``bidirectional`` | ``causal``)."""
+        self.set_bidirectional(moca_config.check_attention(attention) == "bidirectional")
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """``Qwen2_5_VLModel.save_pretrained``, then record the attention mode in ``moca_config.json``."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            moca_config.update(save_directory, attention=self.attention)
 
     @property
     def attn_implementation(self) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from moca_model import moca_config
 from moca_model.compat import pil_image_processor_class
 from moca_model.images import MoCaInputError, fitted_size, open_image, to_rgb
 from moca_model.patchify import patchify, smart_resize
@@ -36,7 +37,7 @@ TOKENS_PER_SIDE = 28  # pixels per merged visual token side: patch 14 x merge 2
 DEFAULT_MIN_PIXELS = 256 * TOKENS_PER_SIDE**2  # reference: --min_patch_size 256
 DEFAULT_MAX_PIXELS = 1024 * TOKENS_PER_SIDE**2  # reference: --max_patch_size 1024
 DEFAULT_MAX_LENGTH = 1280  # reference scripts: MAX_LEN=1280 (after image expansion)
-MOCA_CONFIG_FILE = "moca_config.json"  # optional per-checkpoint processing defaults
+MOCA_CONFIG_FILE = moca_config.FILE  # optional per-checkpoint processing defaults (and attention mode)
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,8 @@ class MoCaProcessor:
         """Load the tokenizer and image-processor settings from a local directory.
 
         Processing defaults come, in order of precedence, from ``overrides`` (``None`` values are
-        ignored), ``moca_config.json`` in ``path``, then MoCa's paper values. The checkpoint's own
+        ignored), ``moca_config.json`` in ``path`` (its processing keys only; ``attention`` is the
+        loader's), then MoCa's paper values. The checkpoint's own
         ``min_pixels``/``max_pixels`` are deliberately NOT used: released checkpoints ship Qwen's
         (4..16384 tokens), while MoCa trained and evaluated at 256..1024 tokens.
         """
@@ -139,21 +141,22 @@ class MoCaProcessor:
             "max_pixels": DEFAULT_MAX_PIXELS,
             "max_length": DEFAULT_MAX_LENGTH,
         }
-        if (path / MOCA_CONFIG_FILE).is_file():
-            settings.update(json.loads((path / MOCA_CONFIG_FILE).read_text()))
+        settings.update(moca_config.processing_settings(path))
         settings.update({k: v for k, v in overrides.items() if v is not None})
         ip_file = path / "preprocessor_config.json"
         ip_kwargs = json.loads(ip_file.read_text()) if ip_file.is_file() else {}
         return cls(tokenizer, image_processor_kwargs=ip_kwargs, **settings)
 
     def save_pretrained(self, path: str | Path) -> None:
-        """Write tokenizer, image-processor config and ``moca_config.json`` to ``path``."""
+        """Write tokenizer, image-processor config and the processing keys of ``moca_config.json`` to ``path``.
+
+        Other keys of an existing ``moca_config.json`` (the model's ``attention``) are kept.
+        """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(path)
         self.image_processor.save_pretrained(path)
-        settings = {"min_pixels": self.min_pixels, "max_pixels": self.max_pixels, "max_length": self.max_length}
-        (path / MOCA_CONFIG_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+        moca_config.update(path, min_pixels=self.min_pixels, max_pixels=self.max_pixels, max_length=self.max_length)
 
     def _patchify(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
         ip = self.image_processor

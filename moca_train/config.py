@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 DTYPES = ("float32", "bfloat16", "float16")
+ATTENTION_MODES = ("bidirectional", "causal")
 
 
 def _check(ok: bool, name: str, message: str) -> None:
@@ -57,6 +58,11 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Parameter dtype. Keep float32 with ``train.mixed_precision: bf16`` (fp32 master weights); bfloat16
     halves memory but rounds away AdamW updates smaller than ~1e-3 of a weight (e.g. at LR 1e-5)."""
+    attention: Literal["bidirectional", "causal"] = "bidirectional"
+    """Text attention this stage trains with, whatever the starting checkpoint recorded: ``bidirectional``
+    (MoCa's CPT and CL) or ``causal`` (a base model's next-token pre-training, or the paper's causal CL
+    ablation). Every checkpoint the stage writes records it in ``moca_config.json``, and every loader
+    (``MoCaEncoder``, the vidore/mteb/MMEB adapters) honours it."""
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = None
     """Attention backend; None picks flash_attention_2 on CUDA when installed, else sdpa."""
     gradient_checkpointing: bool = False
@@ -73,6 +79,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check(bool(self.init_from), "model.init_from", "is required (a checkpoint directory or hub id)")
         _check(self.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
+        modes = ATTENTION_MODES
+        _check(self.attention in modes, "model.attention", f"must be one of {modes}, got {self.attention!r}")
         for name in ("min_pixels", "max_pixels", "max_length"):
             value = getattr(self, name)
             _check(value is None or value > 0, f"model.{name}", f"must be > 0, got {value}")

@@ -1,12 +1,14 @@
 """Build the model and processor a training stage starts from, and save them so every loader reads them.
 
-``build_model(cfg.model)`` loads ``MoCaModel`` (bidirectional, mean-pooled) from a CPT checkpoint, a
-released MoCa model or a Qwen2.5-VL base (any weight layout ``moca_model.loading`` accepts), puts it
-in train mode, optionally enables gradient checkpointing, and optionally wraps it with LoRA adapters
-(peft) on the text decoder only. ``make_save_fn(processor)`` returns the engine's ``save_model_fn``:
-a plain ``save_pretrained`` (safetensors) plus ``processor.save_pretrained``, with LoRA merged into
-the weights first, so ``MoCaEncoder.from_pretrained(checkpoint)`` (hence the vidore, mteb and MMEB
-adapters) loads a checkpoint folder directly. The unmerged adapter goes to ``adapter/``.
+``build_model(cfg.model)`` loads ``MoCaModel`` (mean-pooled, with the attention ``cfg.model.attention``
+names, whatever the checkpoint recorded) from a CPT checkpoint, a released MoCa model or a Qwen2.5-VL
+base (any weight layout ``moca_model.loading`` accepts), puts it in train mode, optionally enables
+gradient checkpointing, and optionally wraps it with LoRA adapters (peft) on the text decoder only.
+``make_save_fn(processor)`` returns the engine's ``save_model_fn``: a plain ``save_pretrained``
+(safetensors) plus ``processor.save_pretrained``, with LoRA merged into the weights first, so
+``MoCaEncoder.from_pretrained(checkpoint)`` (hence the vidore, mteb and MMEB adapters) loads a
+checkpoint folder directly, with the attention it was trained with (``MoCaModel.save_pretrained``
+records it in ``moca_config.json``). The unmerged adapter goes to ``adapter/``.
 """
 
 from __future__ import annotations
@@ -59,7 +61,9 @@ def build_model(cfg: ModelConfig) -> tuple[torch.nn.Module, MoCaProcessor]:
     attn = cfg.attn_implementation
     if attn is None:
         attn = "flash_attention_2" if torch.cuda.is_available() and _has_flash_attn() else "sdpa"
-    model = load_model(path, device=torch.device("cpu"), dtype=getattr(torch, cfg.dtype), attn_implementation=attn)
+    model = load_model(path, device=torch.device("cpu"), dtype=getattr(torch, cfg.dtype), attn_implementation=attn,
+                       attention=cfg.attention)  # fmt: skip
+    logger.info("training with %s attention (%s)", model.attention, attn)
     model.train()
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

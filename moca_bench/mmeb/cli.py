@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--device", help="cuda or cpu (default cuda when available; torchrun ranks use cuda:LOCAL_RANK)")
     a("--dtype", help="bfloat16 or float32 (default bfloat16 on CUDA, float32 on CPU)")
     a("--attn-implementation", help="sdpa, eager or flash_attention_2 (default flash-attn when installed on CUDA)")
+    a("--attention", choices=("bidirectional", "causal"),
+      help="text attention (default: the checkpoint's moca_config.json, else bidirectional)")
     a("--min-pixels", type=int, help="per-image lower bound (default the checkpoint's, else 256*28*28)")
     a("--max-pixels", type=int, help="per-image upper bound (default the checkpoint's, else 1024*28*28)")
     a("--max-length", type=int, help="token limit after image expansion (default 1280, as the reference)")
@@ -61,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
       help="exact score ties: first = reference (lowest index wins, i.e. the ground truth), pessimistic, "
            "optimistic or expected (default %(default)s); tied rows are reported whatever the rule")  # fmt: skip
     a("--strict", action="store_true", help="fail on a missing or unreadable image instead of skipping its rows")
+    a("--save-rows", action="store_true", help="also write rows.json: each row's hit@1 (for bootstrap CIs)")
     a("--published", help="published numbers JSON for the table (default <output-dir>/published/mmeb.json)")
     a("--no-progress", action="store_true", help="hide progress bars")
     a("--log-level", default="INFO", help="logging level (default %(default)s; non-zero ranks log warnings only)")

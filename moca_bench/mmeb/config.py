@@ -48,6 +48,8 @@ class MMEBConfig:
     """bfloat16 / float32 (default: bfloat16 on CUDA, float32 on CPU)."""
     attn_implementation: str | None = None
     """sdpa / eager / flash_attention_2 (default: flash_attention_2 when installed on CUDA, else sdpa)."""
+    attention: str | None = None
+    """bidirectional / causal text attention (default: the checkpoint's moca_config.json, else bidirectional)."""
     min_pixels: int | None = None
     """Per-image lower bound in pixels (default: the checkpoint's moca_config.json, else 256*28*28)."""
     max_pixels: int | None = None
@@ -63,12 +65,16 @@ class MMEBConfig:
     optimistic or expected. Tied rows are counted whatever the rule."""
     strict: bool = False
     """Fail on the first missing or unreadable image instead of counting and skipping its rows."""
+    save_rows: bool = False
+    """Also write ``rows.json``: every row's hit@1 under ``tie_rule``, for per-query statistics (bootstrap CIs)."""
     published: str | None = None
     """Published numbers to compare with; default ``<output_dir>/published/mmeb.json``, else the repository's."""
     progress: bool = True
     """Show progress bars (rank 0 only)."""
 
     def __post_init__(self) -> None:
+        if self.attention not in (None, "bidirectional", "causal"):
+            raise ValueError(f"attention must be bidirectional or causal, got {self.attention!r}")
         if self.tie_rule not in TIE_RULES:
             raise ValueError(f"tie_rule must be one of {TIE_RULES}, got {self.tie_rule!r}")
         for name in ("batch_size", "chunk_size", "max_rows"):

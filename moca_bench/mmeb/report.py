@@ -139,6 +139,13 @@ def _atomic_write_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def write_rows(row_hits: Mapping[str, list], out_dir: Path) -> Path:
+    """Write ``rows.json`` (``{subset: [hit@1 per row, None for a bad row]}``) atomically; returns its path."""
+    path = out_dir / "rows.json"
+    _atomic_write_text(path, json.dumps({"metric": "hit@1 per row, in row order", "subsets": dict(row_hits)}) + "\n")
+    return path
+
+
 def write_report(report: Mapping, out_dir: Path, published_path: Path | None) -> tuple[Path, Path]:
     """Write ``mmeb.json`` and ``mmeb.md`` into ``out_dir`` atomically; returns both paths."""
     out_dir.mkdir(parents=True, exist_ok=True)

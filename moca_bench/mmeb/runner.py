@@ -29,7 +29,7 @@ from moca_bench.mmeb.data import (
     read_local_rows,
 )
 from moca_bench.mmeb.encoding import OK, STATUS_NAMES, encode_shard
-from moca_bench.mmeb.report import aggregate, find_published, package_versions, write_report
+from moca_bench.mmeb.report import aggregate, find_published, package_versions, write_report, write_rows
 from moca_bench.mmeb.scoring import score_subset
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def load_encoder(cfg: MMEBConfig, ctx: dist.DistContext):
 
     return MoCaEncoder.from_pretrained(
         cfg.model, device=ctx.device, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation,
-        min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, max_length=cfg.max_length,
+        attention=cfg.attention, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, max_length=cfg.max_length,
         revision=cfg.revision, processor_name_or_path=cfg.processor,
     )  # fmt: skip
 
@@ -69,6 +69,7 @@ def encoder_settings(encoder, cfg: MMEBConfig) -> dict:
     return {
         "dtype": str(next(model.parameters()).dtype),
         "attn_implementation": getattr(model.config, "_attn_implementation", None),
+        "bidirectional": bool(getattr(model, "bidirectional", True)),
         "min_pixels": proc.min_pixels, "max_pixels": proc.max_pixels, "max_length": proc.max_length,
         "processor": cfg.processor, "moca_model": moca_model.__version__,
     }  # fmt: skip
@@ -155,7 +156,7 @@ def run(cfg: MMEBConfig, *, encoder=None) -> dict | None:
         cached = dist.broadcast_flags(ctx, [ctx.is_main and cache.contains(n, hashes[n]) for n in names])
         todo = sum(len(dist.shard_indices(len(subsets[n].pairs), ctx)) for n, hit in zip(names, cached) if not hit)
         bar = tqdm(total=todo, desc="MMEB encode", unit="item", disable=not (cfg.progress and ctx.is_main))
-        datasets = {}
+        datasets, row_hits = {}, {}
         for name, hit in zip(names, cached):
             subset = subsets[name]
             bar.set_postfix_str(name)
@@ -172,6 +173,7 @@ def run(cfg: MMEBConfig, *, encoder=None) -> dict | None:
             if ctx.is_main:
                 t = time.perf_counter()
                 scored = score_subset(subset, emb, bad, tie_rule=cfg.tie_rule)
+                row_hits[name] = scored.pop("row_hits")
                 timings = {"encode_s": round(enc_s, 3), "score_s": round(time.perf_counter() - t, 3)}
                 datasets[name] = _subset_entry(name, subset, scored, reasons, encoded_items=encoded, cache_hit=hit,
                                                timings=timings)  # fmt: skip
@@ -183,6 +185,8 @@ def run(cfg: MMEBConfig, *, encoder=None) -> dict | None:
         report = build_report(cfg, datasets, encoder, key, inputs, ctx, load_s=t_load, start=start)
         out_dir = Path(cfg.output_dir) / model_label(cfg)
         json_path, md_path = write_report(report, out_dir, find_published(cfg.published, Path(cfg.output_dir)))
+        if cfg.save_rows:
+            write_rows(row_hits, out_dir)
         logger.info("overall %s; wrote %s and %s", report["aggregates"]["overall"]["score"], json_path, md_path)
         return report
     finally:

@@ -49,21 +49,27 @@ def score_subset(subset: SubsetData, embeddings: np.ndarray, bad: np.ndarray, *,
 
     Returns:
         ``score`` (percent, None when no row is scorable), ``scores_by_tie_rule``, ``rows``,
-        ``scored_rows``, ``bad_rows``, ``tied_rows`` (outcome depends on the tie rule) and
-        ``top_tied_rows`` (best score shared).
+        ``scored_rows``, ``bad_rows``, ``tied_rows`` (outcome depends on the tie rule),
+        ``top_tied_rows`` (best score shared) and ``row_hits``: each row's hit@1 under ``tie_rule``
+        (0/1, a probability for ``expected``; None for a bad row), for per-query statistics.
     """
     cand = subset.candidates
     row_bad = bad[subset.queries] | ((cand >= 0) & bad[np.maximum(cand, 0)]).any(axis=1)
     good = np.flatnonzero(~row_bad)
     out = {"rows": subset.n_rows, "scored_rows": len(good), "bad_rows": int(row_bad.sum())}
     if len(good) == 0:
-        return {**out, "score": None, "scores_by_tie_rule": {}, "tied_rows": 0, "top_tied_rows": 0}
+        return {**out, "score": None, "scores_by_tie_rule": {}, "tied_rows": 0, "top_tied_rows": 0,
+                "row_hits": [None] * subset.n_rows}  # fmt: skip
     scores = row_scores(subset, embeddings, good)
-    by_rule = {rule: 100.0 * float(hit_at_k(scores, 0, k=1, ties=rule).mean()) for rule in (*REPORTED_RULES, tie_rule)}
+    hits = {rule: hit_at_k(scores, 0, k=1, ties=rule) for rule in (*REPORTED_RULES, tie_rule)}
+    row_hits: list[float | None] = [None] * subset.n_rows
+    for row, hit in zip(good.tolist(), hits[tie_rule].tolist(), strict=True):
+        row_hits[row] = hit
     return {
         **out,
-        "score": by_rule[tie_rule],
-        "scores_by_tie_rule": {rule: by_rule[rule] for rule in REPORTED_RULES},
+        "score": 100.0 * float(hits[tie_rule].mean()),
+        "scores_by_tie_rule": {rule: 100.0 * float(hits[rule].mean()) for rule in REPORTED_RULES},
         "tied_rows": int(tie_decided(scores, 0, k=1).sum()),
         "top_tied_rows": int(top_tied(scores).sum()),
+        "row_hits": row_hits,
     }

@@ -23,7 +23,7 @@ import torch
 
 from moca_model.images import MoCaInputError
 from moca_model.processing_moca import IMAGE_PLACEHOLDER, Item, normalize_item
-from moca_train.cpt.masking import IGNORE_INDEX, NoiseMode, mask_image_patches, mask_text_tokens
+from moca_train.cpt.masking import IGNORE_INDEX, NoiseMode, causal_lm_labels, mask_image_patches, mask_text_tokens
 
 if TYPE_CHECKING:
     from moca_model import MoCaProcessor
@@ -43,6 +43,7 @@ class MaskingSettings:
         p_image: MAE masking probability per merged visual token (paper: 0.5 at 3B, 0.6 at 7B).
         use_mlm: produce MLM labels.
         use_mae: noise patches and produce MAE targets.
+        use_clm: produce next-token labels on uncorrupted text instead (the causal base-model stage).
         shift_labels: paper's shifted MLM labels (True) or the reference code's unshifted ones.
         noise: ``per_patch`` (paper) or ``shared`` (reference) Gaussian replacement.
         normalize_targets: per-token normalised pixel targets (MAE norm_pix; off in MoCa).
@@ -56,6 +57,7 @@ class MaskingSettings:
     p_image: float = 0.5
     use_mlm: bool = True
     use_mae: bool = True
+    use_clm: bool = False
     shift_labels: bool = True
     noise: NoiseMode = "per_patch"
     normalize_targets: bool = False
@@ -95,12 +97,15 @@ class CPTCollator:
 
         Returns:
             ``inputs`` (``input_ids`` (B, T), ``attention_mask`` (B, T), and ``pixel_values`` (P, C) +
-            ``image_grid_thw`` (I, 3) when there is an image, dummy included); ``mlm_labels`` (B, T);
+            ``image_grid_thw`` (I, 3) when there is an image, dummy included); ``mlm_labels`` (B, T) (the
+            next-token labels under ``use_clm``);
             ``mae_target`` (N, K * C); ``mae_mask`` (N,) bool.
         """
         s = self.settings
         inputs = self._pad(self.processor.collate([self.encode(r, i) for i, r in enumerate(records)]))
         labels = torch.full_like(inputs["input_ids"], IGNORE_INDEX)
+        if s.use_clm:
+            labels = causal_lm_labels(inputs["input_ids"], inputs["attention_mask"], never_predict_ids=s.never_mask_ids)
         if s.use_mlm:
             text = mask_text_tokens(
                 inputs["input_ids"],

@@ -70,12 +70,17 @@ class CPTDataConfig:
 
 @dataclass
 class CPTObjectiveConfig:
-    """L = MLM + w * MAE on one corrupted forward pass (moca-method.md §3.1)."""
+    """L = MLM + w * MAE on one corrupted forward pass (moca-method.md §3.1), or a causal LM."""
 
     use_mlm: bool = True
     """Masked language modelling on text tokens (switch off for the paper's ablation)."""
     use_mae: bool = True
     """Masked autoencoding of merged image patches (switch off for the paper's ablation)."""
+    use_clm: bool = False
+    """Causal language modelling instead of MoCa's objectives: next-token cross-entropy on uncorrupted text
+    (image, special and padding positions are not targets) through the tied LM head. This is the stage that
+    makes a *base model* (the stand-in for Qwen2.5-VL's own pre-training, e.g. the demo's); it needs
+    ``model.attention: causal`` with ``use_mlm`` and ``use_mae`` off. Logged as ``clm``."""
     p_text: float = 0.4
     """MLM masking probability (paper: 0.4 at 3B, 0.6 at 7B; script: 0.4)."""
     p_image: float = 0.5
@@ -93,7 +98,10 @@ class CPTObjectiveConfig:
     """The new special token that replaces masked text tokens (added to the tokenizer if absent)."""
 
     def __post_init__(self) -> None:
-        _check(self.use_mlm or self.use_mae, "objective.use_mlm", "use_mlm and use_mae cannot both be off")
+        _check(self.use_mlm or self.use_mae or self.use_clm, "objective.use_mlm",
+               "use_mlm, use_mae and use_clm cannot all be off")  # fmt: skip
+        _check(not (self.use_clm and (self.use_mlm or self.use_mae)), "objective.use_clm",
+               "the causal LM replaces MoCa's objectives: set use_mlm and use_mae to false")  # fmt: skip
         _check(0.0 <= self.p_text <= 1.0, "objective.p_text", f"must be in [0, 1], got {self.p_text}")
         _check(0.0 <= self.p_image <= 1.0, "objective.p_image", f"must be in [0, 1], got {self.p_image}")
         _check(self.mae_weight >= 0, "objective.mae_weight", f"must be >= 0, got {self.mae_weight}")
@@ -117,6 +125,9 @@ class CPTConfig:
         _check(bool(self.data.sources), "data.sources", "must list at least one corpus")
         lora_off = not self.model.lora.enabled
         _check(lora_off, "model.lora.enabled", "CPT trains all weights (paper §3.1.1); LoRA is for CL only")
+        wanted = "causal" if self.objective.use_clm else "bidirectional"
+        why = "next-token prediction" if self.objective.use_clm else "MLM and MAE (MoCa's CPT)"
+        _check(self.model.attention == wanted, "model.attention", f"{why} needs {wanted} attention")
 
     def cache_dir(self) -> str:
         """Where length statistics and materialised streams go."""

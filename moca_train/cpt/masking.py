@@ -8,6 +8,8 @@ global RNG or module state, so the same generator seed gives the same masks (moc
   ``<|image_pad|>``, the mask token itself) are never masked. Labels are aligned with the hidden-state
   positions that must predict them: shifted (paper, after LLM2Vec: token ``i`` from position ``i-1``)
   or unshifted (reference code: token ``i`` from position ``i``).
+- Causal LM (the base-model stage, not a corruption): every text token is a target of the position
+  before it; inputs are not changed. With causal attention that is ordinary next-token prediction.
 - Images: the unit is one merged LLM visual token = ``merge_size**2`` consecutive rows of
   ``pixel_values`` (Qwen2-VL emits rows grouped by merge unit). A masked unit's rows are replaced by
   unit-Gaussian noise, drawn per row (paper) or as one vector shared by every masked row of the batch
@@ -111,6 +113,30 @@ def mask_text_tokens(
     else:
         labels = torch.where(mask, input_ids, IGNORE_INDEX)
     return TextMasking(input_ids=corrupted, labels=labels, mask=mask)
+
+
+def causal_lm_labels(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, *, never_predict_ids: list[int] | torch.Tensor
+) -> torch.Tensor:
+    """Next-token targets: the label at position ``i`` is token ``i+1`` when that token is real text.
+
+    Padding, special and vision ids (``<|image_pad|>``, vision start/end) are never targets, so the loss
+    is over text only; an image still conditions the text that follows it.
+
+    Args:
+        input_ids: (B, T) ids after image expansion.
+        attention_mask: (B, T) 1 on real tokens, 0 on padding.
+        never_predict_ids: ids that are never targets (see :func:`special_token_ids`).
+
+    Returns:
+        (B, T) labels, ``IGNORE_INDEX`` where nothing is predicted (always at the last position).
+    """
+    never = torch.as_tensor(never_predict_ids, dtype=input_ids.dtype, device=input_ids.device)
+    target = attention_mask.bool() & ~torch.isin(input_ids, never)  # (B, T)
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    predictable = target[:, 1:] & attention_mask[:, :-1].bool()  # (B, T-1): target i+1, predictor i real
+    labels[:, :-1] = torch.where(predictable, input_ids[:, 1:], IGNORE_INDEX)
+    return labels
 
 
 def patch_targets(pixel_values: torch.Tensor, *, merge_size: int, normalize: bool = False) -> torch.Tensor:

@@ -60,7 +60,8 @@ class CPTModule(nn.Module):
 
     Args:
         encoder: the bidirectional ``MoCaModel`` being pre-trained.
-        use_mlm: build the MLM head and compute the MLM loss.
+        use_mlm: build the MLM head and compute the text loss on ``mlm_labels`` (cross-entropy at labelled
+            positions; the causal LM reuses it with next-token labels).
         use_mae: build the MAE decoder/projection and compute the MAE loss.
         mae_weight: w in L = MLM + w * MAE.
         checkpoint_dir: where ``encoder`` was loaded from (untied models read ``lm_head.weight`` there).

@@ -1,5 +1,9 @@
 r"""``python -m moca_train.cpt``: modality-aware continual pre-training (MoCa stage 1, moca-method.md §3).
 
+With ``objective.use_clm`` (and ``model.attention: causal``) the same entry point trains a *base model*
+instead: causal next-token prediction on the interleaved corpus, the stand-in for a VLM's own
+pre-training (``configs/cpt/demo_base.yaml``).
+
 One forward pass over interleaved text+image rows in which text tokens are masked (MLM through the
 tied LM head) and merged image patches are noised (MAE through a one-layer bidirectional decoder);
 L = MLM + w * MAE, both terms logged. Cost-bucketed micro-batches give every rank its own share of
@@ -32,6 +36,7 @@ Commands (each also takes dotted overrides, e.g. ``--train.max_steps 100``; ``--
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING
 
@@ -51,17 +56,20 @@ logger = logging.getLogger(__name__)
 HEADS_FILE = "cpt_heads.safetensors"
 
 
-def cpt_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-    """The engine's ``loss_fn``: move the micro-batch to the model's device, forward, report both terms."""
+def cpt_loss(model: torch.nn.Module, batch: dict, *, text_key: str = "mlm") -> tuple[torch.Tensor, dict[str, float]]:
+    """The engine's ``loss_fn``: move the micro-batch to the model's device, forward, report both terms.
+
+    ``text_key`` names the text term in the logs: ``mlm``, or ``clm`` for the causal LM.
+    """
     from accelerate.utils import send_to_device
 
     batch = send_to_device(batch, next(model.parameters()).device)
     out = model(batch["inputs"], batch["mlm_labels"], batch["mae_target"], batch["mae_mask"])
     attn = batch["inputs"]["attention_mask"]
     logs = {
-        "mlm": out["mlm"].item(),
+        text_key: out["mlm"].item(),
         "mae": out["mae"].item(),
-        "mlm_tokens": float(out["mlm_count"]),
+        f"{text_key}_tokens": float(out["mlm_count"]),
         "mae_patches": float(out["mae_count"]),
         "tokens": float(attn.sum()),
         "rows": float(attn.shape[0]),
@@ -102,6 +110,7 @@ def build_batches(cfg: CPTConfig, processor: MoCaProcessor, mask_token_id: int |
         p_image=obj.p_image,
         use_mlm=obj.use_mlm,
         use_mae=obj.use_mae,
+        use_clm=obj.use_clm,
         shift_labels=obj.shift_labels,
         noise=obj.noise,
         normalize_targets=obj.normalize_targets,
@@ -138,7 +147,7 @@ def run(cfg: CPTConfig) -> list[dict[str, float]]:
     mask_id = add_mask_token(processor.tokenizer, encoder, cfg.objective.mask_token) if cfg.objective.use_mlm else None
     module = CPTModule(
         encoder,
-        use_mlm=cfg.objective.use_mlm,
+        use_mlm=cfg.objective.use_mlm or cfg.objective.use_clm,  # both train the LM head on mlm_labels
         use_mae=cfg.objective.use_mae,
         mae_weight=cfg.objective.mae_weight,
         checkpoint_dir=resolve_checkpoint(cfg.model.init_from),
@@ -152,7 +161,7 @@ def run(cfg: CPTConfig) -> list[dict[str, float]]:
         model=module,
         batches=batches,
         cfg=cfg.train,
-        loss_fn=cpt_loss,
+        loss_fn=functools.partial(cpt_loss, text_key="clm" if cfg.objective.use_clm else "mlm"),
         save_model_fn=make_save_fn(processor),
         run_config=cfg,
         accelerator=accelerator,

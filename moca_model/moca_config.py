@@ -1,0 +1,76 @@
+"""A checkpoint's ``moca_config.json``: its MoCa processing settings and its attention mode.
+
+Keys (all optional):
+
+- ``min_pixels``, ``max_pixels``, ``max_length``: processing defaults, read by :class:`MoCaProcessor`.
+- ``attention``: ``"bidirectional"`` or ``"causal"``, how the text decoder attends; read by
+  :func:`moca_model.loading.load_model`. Absent means bidirectional, as in every released MoCa checkpoint.
+  ``MoCaModel.save_pretrained`` records it, so every checkpoint a training stage writes says how it was
+  trained (a causal base model, a bidirectional CPT or CL model).
+
+Other keys are kept on update and ignored on read, so newer checkpoints still load.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+FILE = "moca_config.json"
+PROCESSING_KEYS = ("min_pixels", "max_pixels", "max_length")
+ATTENTION_MODES = ("bidirectional", "causal")
+DEFAULT_ATTENTION = "bidirectional"
+
+
+def read(directory: str | Path) -> dict:
+    """The whole ``moca_config.json`` of ``directory`` ({} when there is none).
+
+    Raises:
+        ValueError: the file is not a JSON object (names the file).
+    """
+    path = Path(directory) / FILE
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def processing_settings(directory: str | Path) -> dict:
+    """Only the processing keys (``min_pixels``, ``max_pixels``, ``max_length``) that the file sets."""
+    return {k: v for k, v in read(directory).items() if k in PROCESSING_KEYS}
+
+
+def check_attention(value: str) -> str:
+    """``value`` if it is an attention mode.
+
+    Raises:
+        ValueError: anything but ``bidirectional`` or ``causal``.
+    """
+    if value not in ATTENTION_MODES:
+        raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {value!r}")
+    return value
+
+
+def attention(directory: str | Path) -> str:
+    """The checkpoint's recorded attention mode (``bidirectional`` when it records none).
+
+    Raises:
+        ValueError: an unknown recorded mode (names the file).
+    """
+    value = read(directory).get("attention", DEFAULT_ATTENTION)
+    try:
+        return check_attention(value)
+    except ValueError as exc:
+        raise ValueError(f"{Path(directory) / FILE}: {exc}") from None
+
+
+def update(directory: str | Path, **values) -> None:
+    """Merge ``values`` into ``directory``'s ``moca_config.json`` (created if absent), atomically."""
+    path = Path(directory) / FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {**read(directory), **values}
+    tmp = path.with_name(FILE + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
