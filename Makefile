@@ -11,7 +11,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: env test test-main test-mteb demo bench lint clean
+.PHONY: env test test-main test-mteb demo demo-study bench lint clean
 
 env: $(VENV)/.installed $(VENV_MTEB)/.installed
 
@@ -44,11 +44,14 @@ test-mteb: $(VENV_MTEB)/.installed
 demo: env
 	$(VENV)/bin/python demo/run.py $(DEMO_ARGS)
 
+demo-study: env
+	$(VENV)/bin/python demo/run.py --preset study $(DEMO_ARGS)
+
 bench: env
 	$(VENV)/bin/python -m benchmarks.run $(BENCH_ARGS)
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check moca_model moca_bench moca_train plugins tests benchmarks
+	$(VENV)/bin/ruff check moca_model moca_bench moca_train plugins tests benchmarks demo
 
 clean:
 	rm -rf $(VENV) $(VENV_MTEB)

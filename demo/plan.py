@@ -79,7 +79,7 @@ class Preset:
     """The generated world (fixed across seeds: the seeds vary training, not the evaluation set)."""
     base_steps: int = 1200
     """Optimizer steps of the causal base-model stage."""
-    cpt_steps: int = 300
+    cpt_steps: int = 600
     """Optimizer steps of each CPT variant."""
     cl_steps: int = 1000
     """Optimizer steps of every CL run (all arms)."""
@@ -94,7 +94,10 @@ class Preset:
         """What makes two runs' checkpoints interchangeable (seeds and arms are not part of it)."""
         from dataclasses import asdict
 
-        recipes = {p.name + ":" + p.parent.name: p.read_text() for p in (BASE_CONFIG, CPT_CONFIG, CL_CONFIG)}
+        import yaml
+
+        recipes = {f"{p.parent.name}/{p.name}": yaml.safe_load(p.read_text())  # comments may change freely
+                   for p in (BASE_CONFIG, CPT_CONFIG, CL_CONFIG)}  # fmt: skip
         return {"world": asdict(self.world), "steps": [self.base_steps, self.cpt_steps, self.cl_steps],
                 "recipes": recipes}  # fmt: skip
 

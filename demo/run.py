@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="demo",
                         help="demo (one seed, arms a-c), study (3 seeds, arms a-e + label efficiency) or smoke")
     parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: the preset's)")
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), help="arms (default: the preset's)")
     parser.add_argument("--work-dir", type=Path, default=ROOT / "demo_out", help="world, checkpoints, logs")
     parser.add_argument("--results-dir", type=Path, default=ROOT / "results" / "demo", help="JSON, Markdown, PNG")
     parser.add_argument("--jobs", type=int, default=2, help="stages run in parallel (one torch thread each)")
@@ -190,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     preset = PRESETS[args.preset]
     if args.seeds:
         preset = replace(preset, seeds=tuple(args.seeds))
+    if args.arms:
+        preset = replace(preset, arms=tuple(args.arms))
     mteb_python = None if args.no_mteb or not preset.mteb else args.mteb_python
     if mteb_python is not None and not mteb_python.is_file():
         logger.warning("no mteb environment at %s (make env builds it): skipping the MTEB check", mteb_python)

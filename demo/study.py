@@ -119,15 +119,15 @@ def write_chart(study: dict, chance: Mapping[str, float], path) -> None:
     left.set_ylabel("score (%), mean over seeds, 95% t-interval")
     left.legend(fontsize=7, ncol=2, loc="upper left")
     left.set_title(f"arms from one causal base ({len(study['seeds'])} seeds; dashed: chance)", fontsize=9)
-    for arm, marker in (("b", "o"), ("c", "s")):
+    for arm, marker, colour in (("b", "o", "C2"), ("c", "s", "C3")):  # the bar colours of arms b and c on the left
         for row, style in (("MMEB overall", "-"), (PAGES_ROW, "--")):
             pts = sorted((float(f), rows_[row]) for f, rows_ in study["label_efficiency"].get(arm, {}).items())
             if not pts:
                 continue
             xs = [f for f, _ in pts]
-            right.errorbar(xs, [t["mean"] for _, t in pts], yerr=[[t["mean"] - t["lo"] for _, t in pts],
-                           [t["hi"] - t["mean"] for _, t in pts]], marker=marker, linestyle=style, capsize=3,
-                           label=f"({arm}) {ARMS[arm].label.split(',')[0]}: {row}")  # fmt: skip
+            err = [[t["mean"] - t["lo"] for _, t in pts], [t["hi"] - t["mean"] for _, t in pts]]
+            right.errorbar(xs, [t["mean"] for _, t in pts], yerr=err, marker=marker, linestyle=style, capsize=3,
+                           color=colour, label=f"({arm}) {ARMS[arm].label.split(',')[0]}: {row}")  # fmt: skip
     right.set_xscale("log", base=2)
     right.set_xticks([0.25, 0.5, 1.0], ["1/4", "1/2", "all"])
     right.set_xlabel("share of the CL pairs (same steps)")

@@ -98,7 +98,7 @@ class CPTCollator:
         Returns:
             ``inputs`` (``input_ids`` (B, T), ``attention_mask`` (B, T), and ``pixel_values`` (P, C) +
             ``image_grid_thw`` (I, 3) when there is an image, dummy included); ``mlm_labels`` (B, T) (the
-            next-token labels under ``use_clm``);
+            next-token labels under ``use_clm``, then ``text_objective`` is ``clm``, else ``mlm``);
             ``mae_target`` (N, K * C); ``mae_mask`` (N,) bool.
         """
         s = self.settings
@@ -131,7 +131,8 @@ class CPTCollator:
             inputs["pixel_values"], target, mask = patches.pixel_values, patches.target, patches.mask
         if s.dummy_image and "pixel_values" not in inputs:
             inputs, labels = self._add_dummy_image(inputs, labels)
-        return {"inputs": inputs, "mlm_labels": labels, "mae_target": target, "mae_mask": mask}
+        return {"inputs": inputs, "mlm_labels": labels, "mae_target": target, "mae_mask": mask,
+                "text_objective": "clm" if s.use_clm else "mlm"}  # fmt: skip
 
     def _pad(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         ids, attn = inputs["input_ids"], inputs["attention_mask"]

@@ -36,7 +36,6 @@ Commands (each also takes dotted overrides, e.g. ``--train.max_steps 100``; ``--
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import TYPE_CHECKING
 
@@ -56,13 +55,14 @@ logger = logging.getLogger(__name__)
 HEADS_FILE = "cpt_heads.safetensors"
 
 
-def cpt_loss(model: torch.nn.Module, batch: dict, *, text_key: str = "mlm") -> tuple[torch.Tensor, dict[str, float]]:
+def cpt_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
     """The engine's ``loss_fn``: move the micro-batch to the model's device, forward, report both terms.
 
-    ``text_key`` names the text term in the logs: ``mlm``, or ``clm`` for the causal LM.
+    The text term is logged as the batch's ``text_objective`` (``mlm``, or ``clm`` for the causal LM).
     """
     from accelerate.utils import send_to_device
 
+    text_key = batch.get("text_objective", "mlm")
     batch = send_to_device(batch, next(model.parameters()).device)
     out = model(batch["inputs"], batch["mlm_labels"], batch["mae_target"], batch["mae_mask"])
     attn = batch["inputs"]["attention_mask"]
@@ -161,7 +161,7 @@ def run(cfg: CPTConfig) -> list[dict[str, float]]:
         model=module,
         batches=batches,
         cfg=cfg.train,
-        loss_fn=functools.partial(cpt_loss, text_key="clm" if cfg.objective.use_clm else "mlm"),
+        loss_fn=cpt_loss,
         save_model_fn=make_save_fn(processor),
         run_config=cfg,
         accelerator=accelerator,

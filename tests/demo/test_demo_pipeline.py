@@ -1,8 +1,8 @@
 """The demo: the generated world is readable by every consumer, and the reduced pipeline learns.
 
 ``test_world_*`` are fast (a few seconds, a tiny world). ``test_smoke_pipeline`` runs the whole reduced
-``make demo`` (world -> CPT -> CL-only and CPT+CL through the real CLIs -> MMEB + ViDoRe for three models)
-and takes 60-90 s on two cores, so it is marked slow.
+``make demo`` (world -> causal base -> CPT -> CL arms a-c through the real CLIs -> MMEB + ViDoRe + MTEB)
+and takes about 2-3 minutes on two cores, so it is marked slow.
 """
 
 from __future__ import annotations
@@ -26,11 +26,14 @@ from demo import world as demo_world  # noqa: E402
 
 TINY = demo_world.WorldConfig(
     cl_pairs={task: 6 for task in demo_world.CL_TASKS},
-    cpt_shape_records=6,
-    cpt_scene_records=3,
-    cpt_digit_records=4,
-    cpt_page_records=2,
+    corpus_shape_records=6,
+    corpus_scene_records=3,
+    corpus_digit_records=4,
+    corpus_page_records=2,
     eval_queries=8,
+    retrieval_pools=2,
+    grounding_queries=10,
+    page_pools=2,
     eval_digits=20,
     cl_digits=20,
     grounding_candidates=8,
@@ -57,25 +60,48 @@ def test_world_is_a_function_of_the_seed(tiny_world, tmp_path):
     again = demo_world.build_world(TINY, tmp_path / "again", show_progress=False)
     assert _digest(tmp_path / "again" / "cl") == _digest(out / "cl")
     assert _digest(tmp_path / "again" / "cpt") == _digest(out / "cpt")
+    assert _digest(tmp_path / "again" / "base") == _digest(out / "base")
     other = demo_world.build_world(replace(TINY, seed=1), tmp_path / "other", show_progress=False)
     assert _digest(tmp_path / "other" / "cl") != _digest(out / "cl")
     assert again["mmeb_subsets"] == other["mmeb_subsets"]
 
 
-def test_world_cpt_records_match_their_images(tiny_world):
+@pytest.mark.parametrize("corpus", ["base", "cpt"])
+def test_world_unlabelled_records_match_their_images(tiny_world, corpus):
     out, manifest = tiny_world
-    records = [json.loads(line) for line in (out / manifest["cpt"]["path"]).read_text().splitlines()]
-    assert len(records) == manifest["cpt"]["records"] > 0
+    records = [json.loads(line) for line in (out / manifest[corpus]["path"]).read_text().splitlines()]
+    assert len(records) == manifest[corpus]["records"] > 0
     with_images = [r for r in records if r["images"]]
     assert with_images and len(with_images) < len(records)  # interleaved records plus text-only documents
     for r in records:
         assert r["text"].count(PLACEHOLDER) == len(r["images"])
-        assert all((out / "cpt" / p).is_file() for p in r["images"])
+        assert all((out / corpus / p).is_file() for p in r["images"])
+
+
+def test_world_unlabelled_images_are_disjoint_from_cl_and_evaluation(tiny_world):
+    import pyarrow.parquet as pq
+
+    out, _ = tiny_world
 
     def contents(folder: Path) -> set[str]:
         return {hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*.png")}
 
-    assert contents(out / "cl") and not contents(out / "cpt") & contents(out / "cl")  # CPT images are its own
+    base, cpt, cl, mmeb = (contents(out / f) for f in ("base", "cpt", "cl", "mmeb"))
+    pages = {hashlib.sha256(r["image"]["bytes"]).hexdigest() for pool in (out / "vidore").iterdir()
+             for r in pq.read_table(pool / "corpus").to_pylist()}  # fmt: skip
+    assert base and cpt and cl and mmeb and pages
+    for unlabelled in (base, cpt):
+        assert not unlabelled & cl and not unlabelled & mmeb and not unlabelled & pages
+    assert not base & cpt  # CPT brings data the base model has not seen
+
+
+def test_world_eval_sizes_follow_the_config(tiny_world):
+    _, manifest = tiny_world
+    rows = {s: v["rows"] for s, v in manifest["mmeb_subsets"].items()}
+    assert rows["DigitsCls"] == rows["CountVQA"] == TINY.eval_queries
+    assert rows["Shapes_t2i"] == rows["Shapes_i2t"] == 96 * TINY.retrieval_pools
+    assert rows["ShapeGrounding"] == TINY.grounding_queries
+    assert manifest["vidore"]["queries"] == TINY.page_pools * 16 * TINY.page_queries_per_module
 
 
 def test_world_cl_rows_load_in_the_trainer(tiny_world):
@@ -112,12 +138,13 @@ def test_world_mmeb_layout_reads_in_the_runner(tiny_world):
 def test_world_vidore_beir_layout_loads(tiny_world, tmp_path):
     datasets = pytest.importorskip("datasets")
     out, manifest = tiny_world
-    path = str(out / manifest["vidore"]["path"])
+    assert sorted(p.name for p in (out / "vidore").iterdir()) == ["demo_pages_00", "demo_pages_01"]
+    path = str(out / manifest["vidore"]["path"] / demo_world.pool_name(1))
     # A private cache: datasets keys local folders by name and patterns, not content (see demo/run.py).
     corpus, queries, qrels = (datasets.load_dataset(path, name, split="test", cache_dir=str(tmp_path / "hf"))
                               for name in ("corpus", "queries", "qrels"))  # fmt: skip
     assert len(corpus) == manifest["vidore"]["pages"] and corpus[0]["image"].size == (168, 168)
-    assert len(queries) == manifest["vidore"]["queries"] == len(qrels)
+    assert len(queries) * manifest["vidore"]["pools"] == manifest["vidore"]["queries"] and len(queries) == len(qrels)
     assert set(qrels["corpus-id"]) == set(corpus["corpus-id"])
 
 
@@ -125,27 +152,43 @@ def test_world_vidore_beir_layout_loads(tiny_world, tmp_path):
 @pytest.mark.train
 @pytest.mark.vidore
 def test_smoke_pipeline(tmp_path):
-    """The reduced demo end to end: every results file, and CL beats random init where learning is fastest."""
+    """The reduced demo end to end: every results file, the arms' attention, and CL beats the bare base."""
     pytest.importorskip("accelerate")
     pytest.importorskip("vidore_benchmark")
+    import yaml
+
     from demo import run as demo_run
+    from moca_model import moca_config
 
     mteb_python = ROOT / ".venv-mteb" / "bin" / "python"  # the MTEB stage runs where mteb 2.x lives
     mteb_python = mteb_python if mteb_python.is_file() else None
-    payload = demo_run.run(demo_run.PRESETS["smoke"], work=tmp_path / "work", results_dir=tmp_path / "results",
-                           seed=0, jobs=2, show_progress=False, mteb_python=mteb_python)  # fmt: skip
+    preset = demo_run.PRESETS["smoke"]
+    work = tmp_path / "work"
+    payload = demo_run.run(preset, work=work, results_dir=tmp_path / "results", jobs=2, show_progress=False,
+                           mteb_python=mteb_python)  # fmt: skip
     results = json.loads((tmp_path / "results" / "results.json").read_text())
     assert (tmp_path / "results" / "demo.png").stat().st_size > 10_000
-    assert set(results["models"]) == {"random", "cl_only", "cpt_cl"}
-    for model in results["models"].values():
-        assert set(model["mmeb"]) == set(demo_world.MMEB_SUBSETS)
-        assert 0.0 <= model["vidore"]["ndcg_at_5"] <= 100.0
-        if mteb_python is not None:
-            assert set(model["mteb"]) == {"DemoShapesT2I", "DemoPages"}
-    digits = {m: r["mmeb"]["DigitsCls"] for m, r in results["models"].items()}
-    assert digits["cl_only"] >= digits["random"] + 15, digits
-    assert digits["cpt_cl"] >= digits["random"] + 15, digits
-    assert payload["table"] == results["table"]
+    seed = results["per_seed"]["0"]
+    assert set(seed["scores"]["MMEB overall"]) == {"base", "a", "b", "c"}
+    assert set(seed["differences"]) == {"c-b", "c-a", "b-a"}
+    for row in seed["scores"].values():
+        for ci in row.values():
+            assert ci["lo"] <= ci["score"] <= ci["hi"] and 0.0 <= ci["lo"] and ci["hi"] <= 100.0
+    runs = work / "s0" / "runs"
+    expected = {"base": "causal", "cl_a": "causal", "cl_b": "bidirectional", "cl_c": "bidirectional",
+                "cpt_mlm_mae": "bidirectional"}  # fmt: skip
+    for run, attention in expected.items():
+        (ckpt,) = (runs / run).glob("checkpoint-*")
+        assert moca_config.attention(ckpt) == attention, run
+        assert yaml.safe_load((ckpt / "run_config.yaml").read_text())["model"]["attention"] == attention, run
+    settings = json.loads((work / "s0" / "evals" / "mmeb" / "a" / "mmeb.json").read_text())["model"]["settings"]
+    assert settings["bidirectional"] is False  # the evaluation honoured the arm's recorded attention
+    digits = {m: seed["subsets"]["subset DigitsCls"][m]["score"] for m in ("base", "a", "b", "c")}
+    assert min(digits["a"], digits["b"], digits["c"]) >= digits["base"] + 15, digits
+    if mteb_python is not None:
+        assert set(results["mteb_check"]["a"]) >= {"DemoShapesT2I", "DemoPages"}
+    assert results["cost"]["idle_wall_estimate"] > 0 and all(results["cost"]["per_job"].values())
+    assert payload["per_seed"]["0"]["scores"] == seed["scores"]
 
 
 def test_jobs_respect_dependencies_skips_and_failures(tmp_path):

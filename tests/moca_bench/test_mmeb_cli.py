@@ -34,6 +34,10 @@ def test_parse_config_maps_options_to_fields():
         "m", ["VQA", "CIRR"], "pessimistic", False, True, 3, "DEBUG")  # fmt: skip
     with pytest.raises(SystemExit):
         parse_config(["--model", "m", "--tie-rule", "random"])
+    cfg, _ = parse_config(["--model", "m", "--attention", "causal", "--save-rows"])
+    assert (cfg.attention, cfg.save_rows) == ("causal", True)
+    with pytest.raises(SystemExit):
+        parse_config(["--model", "m", "--attention", "sideways"])
     with pytest.raises(ValueError, match="batch_size"):
         parse_config(["--model", "m", "--batch-size", "0"])
 
@@ -52,3 +56,20 @@ def test_main_writes_json_and_markdown(tiny_dir, tmp_path):
     md = (out / tiny_dir.name / "mmeb.md").read_text()
     assert "| OK-VQA | VQA | IND |" in md and "MoCa-7B (paper)" in md
     assert "| 40.0 | 36.9 |" in md  # OK-VQA's published 3B / 7B numbers
+    assert not (out / tiny_dir.name / "rows.json").exists()  # only with --save-rows
+
+
+def test_attention_and_per_row_hits(tiny_dir, tmp_path):
+    data = write_sample(tmp_path / "data", subsets=("OK-VQA",), rows=4)
+    out = tmp_path / "results"
+    args = ["--model", str(tiny_dir), "--data-dir", str(data), "--subsets", "OK-VQA", "--device", "cpu",
+            "--output-dir", str(out), "--no-cache", "--no-progress", "--save-rows"]  # fmt: skip
+    assert main([*args, "--model-name", "bi"]) == 0
+    assert main([*args, "--model-name", "causal", "--attention", "causal"]) == 0
+    reports = {m: json.loads((out / m / "mmeb.json").read_text()) for m in ("bi", "causal")}
+    assert reports["bi"]["model"]["settings"]["bidirectional"] is True
+    assert reports["causal"]["model"]["settings"]["bidirectional"] is False
+    assert reports["bi"]["model"]["cache_key"] != reports["causal"]["model"]["cache_key"]
+    rows = json.loads((out / "bi" / "rows.json").read_text())["subsets"]["OK-VQA"]
+    assert len(rows) == 4 and set(rows) <= {0.0, 1.0}
+    assert 100.0 * sum(rows) / len(rows) == pytest.approx(reports["bi"]["datasets"]["OK-VQA"]["score"])

@@ -73,6 +73,20 @@ def test_get_model_resolves_a_local_checkpoint_through_the_entry_point(mteb_mode
     assert mteb_model.alias.loader_kwargs == {"checkpoint": str(tiny_dir.resolve())}
 
 
+def test_loader_honours_the_checkpoint_attention_and_the_attention_kwarg(tiny_dir, tmp_path):
+    import shutil
+
+    from moca_model import moca_config
+
+    causal = tmp_path / "causal"
+    shutil.copytree(tiny_dir, causal)
+    moca_config.update(causal, attention="causal")
+    assert MoCaMTEBEncoder("local/causal", checkpoint=str(causal), device="cpu").model.bidirectional is False
+    forced = MoCaMTEBEncoder("local/causal", checkpoint=str(causal), device="cpu", attention="bidirectional")
+    assert forced.model.bidirectional is True
+    assert MoCaMTEBEncoder("local/tiny", checkpoint=str(tiny_dir), device="cpu").model.bidirectional is True
+
+
 def _as_pil(item):
     """The same item with its image decoded, as a user of MoCaEncoder would pass it."""
     if isinstance(item, dict) and isinstance(item.get("image"), bytes):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import shutil
 
 import numpy as np
 import pytest
@@ -55,6 +56,7 @@ def test_config_precedence_argument_then_environment_then_default():
         ({"MOCA_MIN_PIXELS": "lots"}, "MOCA_MIN_PIXELS='lots' is not a valid int"),
         ({"MOCA_DTYPE": "fp8"}, "dtype must be one of"),
         ({"MOCA_ATTN_IMPLEMENTATION": "flash"}, "attn_implementation must be one of"),
+        ({"MOCA_ATTENTION": "sideways"}, "attention must be one of"),
         ({"MOCA_MAX_LENGTH": "0"}, "max_length must be >= 1"),
         ({"MOCA_SCORE_BLOCK_MB": "-1"}, "score_block_mb must be > 0"),
     ],
@@ -73,6 +75,19 @@ def test_environment_reaches_the_encoder(tiny_dir, monkeypatch):
     assert r.encoder.model.config._attn_implementation == "eager"
     q = r.forward_queries(["hello"], batch_size=1)
     assert torch.allclose(q[0], torch.from_numpy(r.encoder.encode(["Query: hello"], show_progress=False)[0]))
+
+
+def test_attention_comes_from_the_checkpoint_or_moca_attention(tiny_dir, tmp_path, monkeypatch):
+    from moca_model import moca_config
+
+    assert MoCaVidoreRetriever(str(tiny_dir), num_workers=0).encoder.model.bidirectional is True
+    monkeypatch.setenv("MOCA_ATTENTION", "causal")
+    assert MoCaVidoreRetriever(str(tiny_dir), num_workers=0).encoder.model.bidirectional is False
+    monkeypatch.delenv("MOCA_ATTENTION")
+    causal = tmp_path / "causal"
+    shutil.copytree(tiny_dir, causal)
+    moca_config.update(causal, attention="causal")
+    assert MoCaVidoreRetriever(str(causal), num_workers=0).encoder.model.bidirectional is False
 
 
 def test_embeddings_are_the_encoders_on_the_documented_items(retriever):

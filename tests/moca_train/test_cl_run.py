@@ -136,3 +136,32 @@ def test_lora_run_saves_merged_weights_that_load(tiny_dir, world, tmp_path):
         1,
         64,
     )
+
+
+@pytest.mark.parametrize("attention", ["causal", "bidirectional"])
+def test_cl_trains_with_the_configured_attention_whatever_the_checkpoint_says(tiny_dir, world, tmp_path, monkeypatch,
+                                                                              attention):  # fmt: skip
+    import shutil
+
+    import yaml
+
+    from moca_model import MoCaEncoder, MoCaModel, moca_config
+
+    start = tmp_path / "start"  # recorded as the opposite of what the run asks for
+    shutil.copytree(tiny_dir, start)
+    moca_config.update(start, attention="bidirectional" if attention == "causal" else "causal")
+    modes, forward = [], MoCaModel.forward
+
+    def spy(self, *args, **kwargs):
+        modes.append(self.bidirectional)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(MoCaModel, "forward", spy)
+    out = tmp_path / "run"
+    extra = ["--model.attention", attention, "--train.max_steps", "2", "--data.global_batch_size", "8"]
+    assert cl.main(_args(start, world, out, *extra)) == 0
+    assert modes and set(modes) == {attention == "bidirectional"}
+    ckpt = out / "checkpoint-2"
+    assert moca_config.attention(ckpt) == attention
+    assert yaml.safe_load((ckpt / "run_config.yaml").read_text())["model"]["attention"] == attention
+    assert MoCaEncoder.from_pretrained(ckpt, device="cpu").model.attention == attention

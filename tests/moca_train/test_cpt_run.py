@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("accelerate")
 
@@ -154,3 +155,49 @@ def test_two_process_gloo_run(tiny_dir, corpus, tmp_path):
     state = json.loads((out / "checkpoint-3/trainer_state.json").read_text())
     assert state["world_size"] == 2 and len(state["history"]) == 3
     assert all(r["mlm"] > 0 and r["mae"] > 0 for r in state["history"])
+
+
+CLM = ("--objective.use_clm", "true", "--objective.use_mlm", "false", "--objective.use_mae", "false")
+
+
+def test_causal_lm_needs_causal_attention_and_replaces_moca_objectives(tiny_dir, corpus, tmp_path):
+    with pytest.raises(ValueError, match="model.attention: next-token prediction needs causal"):
+        _cfg(tiny_dir, corpus, tmp_path, *CLM)
+    with pytest.raises(ValueError, match="use_clm: the causal LM replaces"):
+        _cfg(tiny_dir, corpus, tmp_path, "--objective.use_clm", "true", "--model.attention", "causal")
+    with pytest.raises(ValueError, match="model.attention: MLM and MAE"):
+        _cfg(tiny_dir, corpus, tmp_path, "--model.attention", "causal")
+    with pytest.raises(ValueError, match="model.attention: expected one of"):
+        _cfg(tiny_dir, corpus, tmp_path, "--model.attention", "sideways")
+
+
+def test_base_stage_trains_causally_and_records_it(tiny_dir, corpus, tmp_path, monkeypatch):
+    from moca_model import MoCaEncoder, moca_config
+    from moca_train.cpt.model import CPTModule
+
+    modes, forward = [], CPTModule.forward
+
+    def spy(self, *args, **kwargs):
+        modes.append(self.encoder.bidirectional)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(CPTModule, "forward", spy)
+    out = tmp_path / "base"
+    history = cpt.run(_cfg(tiny_dir, corpus, out, *CLM, "--model.attention", "causal", "--train.max_steps", "30"))
+    assert modes and not any(modes)  # every training forward was causal
+    assert "clm" in history[0] and "mlm" not in history[0] and all(r["mae"] == 0.0 for r in history)
+    first, last = history[:5], history[-5:]
+    assert sum(r["clm"] for r in last) < 0.8 * sum(r["clm"] for r in first)
+    ckpt = out / "checkpoint-30"
+    assert moca_config.attention(ckpt) == "causal"
+    enc = MoCaEncoder.from_pretrained(ckpt, device="cpu")
+    assert enc.model.bidirectional is False
+    assert "<|mask|>" not in enc.processor.tokenizer.get_vocab()  # the causal LM adds no mask token
+    ids = torch.tensor([enc.processor.tokenizer("a red circle at the top left of the page")["input_ids"]])
+    changed = ids.clone()
+    changed[0, -1] = (changed[0, -1] + 5) % 300
+    with torch.no_grad():
+        a = enc.model(ids).last_hidden_state
+        b = enc.model(changed).last_hidden_state
+    assert torch.equal(a[0, :-1], b[0, :-1])  # a token's state does not depend on later tokens
+    assert not torch.equal(a[0, -1], b[0, -1])

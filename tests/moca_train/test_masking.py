@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moca_train.cpt.masking import IGNORE_INDEX, mask_image_patches, mask_text_tokens, patch_targets, special_token_ids
+from moca_train.cpt.masking import (
+    IGNORE_INDEX,
+    causal_lm_labels,
+    mask_image_patches,
+    mask_text_tokens,
+    patch_targets,
+    special_token_ids,
+)
 
 SPECIAL = [0, 1, 2, 3]  # stand-ins for pad, vision start/end, image pad
 MASK_ID = 99
@@ -121,3 +128,18 @@ def test_patch_targets_normalized_and_bad_row_count():
         patch_targets(pix[:5], merge_size=2)
     with pytest.raises(ValueError, match="probability"):
         mask_image_patches(pix, merge_size=2, probability=1.5, generator=torch.Generator())
+
+
+def test_causal_lm_labels_are_the_next_text_token():
+    ids = torch.tensor([[5, 1, 3, 3, 2, 6, 7, 0, 0], [8, 9, 10, 11, 12, 13, 14, 15, 16]])
+    attn = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 0, 0], [1] * 9])
+    labels = causal_lm_labels(ids, attn, never_predict_ids=SPECIAL)
+    x = IGNORE_INDEX
+    # row 0: text 5, vision start, two image pads, vision end, text 6 7, padding
+    assert labels[0].tolist() == [x, x, x, x, 6, 7, x, x, x]  # only text targets; vision end predicts 6
+    assert labels[1].tolist() == [9, 10, 11, 12, 13, 14, 15, 16, x]  # the last position predicts nothing
+    ids2, attn2 = _text_batch()
+    full = mask_text_tokens(ids2, attn2, mask_token_id=MASK_ID, never_mask_ids=SPECIAL, probability=1.0,
+                            generator=torch.Generator().manual_seed(0), shift_labels=True)  # fmt: skip
+    # = MLM's labels at p=1, on uncorrupted input
+    assert torch.equal(causal_lm_labels(ids2, attn2, never_predict_ids=SPECIAL), full.labels)
