@@ -26,7 +26,8 @@ SCORES: dict[str, tuple[str, ...]] = {
     PAGES_ROW: (PAGES,),
 }
 # Paired differences reported when both arms ran: MoCa vs its baselines, the ablations, label efficiency.
-PAIRS = (("c", "b"), ("c", "a"), ("b", "a"), ("d", "b"), ("e", "b"), ("c_25", "b_25"), ("c_50", "b_50"))
+PAIRS = (("c", "b"), ("c", "a"), ("b", "a"), ("d", "b"), ("e", "b"), ("c", "d"), ("c", "e"), ("c_25", "b_25"),
+         ("c_50", "b_50"))  # fmt: skip
 
 
 def label(model: str) -> str:

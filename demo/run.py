@@ -143,7 +143,9 @@ def run(preset: Preset, *, work: Path, results_dir: Path, jobs: int, show_progre
     run_jobs(graph, max_parallel=jobs, show_progress=show_progress, cwd=ROOT, on_done=_record_timing(timing_file))
     logger.info("[3/3] statistics and report")
     timings = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
-    timings["setup"] = {"cpu": round(setup_cpu, 1)}
+    if setup_cpu > 1.0 or "setup" not in timings:  # the world was built now (a rerun finds it built)
+        timings["setup"] = {"cpu": round(setup_cpu, 1)}
+        timing_file.write_text(json.dumps(timings, indent=1) + "\n")
     per_seed = {seed: collect_seed(SeedPaths(work / f"s{seed}", preset), preset, work) for seed in preset.seeds}
     return outputs.write(preset, per_seed, manifest, work, results_dir, graph=graph, timings=timings, jobs=jobs,
                          wall=time.perf_counter() - tic)  # fmt: skip

@@ -105,7 +105,7 @@ def write_chart(study: dict, chance: Mapping[str, float], path) -> None:
 
     arms = [m for m in study["scores"][PAGES_ROW] if m in "abcde" or m == "base"]
     rows = list(SCORES)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(15, 4.8), gridspec_kw={"width_ratios": [2.2, 1]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(15, 5.4), gridspec_kw={"width_ratios": [2.2, 1]})
     width = 0.8 / len(arms)
     for k, arm in enumerate(arms):
         xs = [i + (k - (len(arms) - 1) / 2) * width for i in range(len(rows))]
@@ -117,7 +117,7 @@ def write_chart(study: dict, chance: Mapping[str, float], path) -> None:
     left.set_xticks(range(len(rows)), [r.replace(" ", "\n", 1) for r in rows], fontsize=8)
     left.set_ylim(0, 100)
     left.set_ylabel("score (%), mean over seeds, 95% t-interval")
-    left.legend(fontsize=7, ncol=2, loc="upper left")
+    left.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.14))
     left.set_title(f"arms from one causal base ({len(study['seeds'])} seeds; dashed: chance)", fontsize=9)
     for arm, marker, colour in (("b", "o", "C2"), ("c", "s", "C3")):  # the bar colours of arms b and c on the left
         for row, style in (("MMEB overall", "-"), (PAGES_ROW, "--")):
