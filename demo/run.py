@@ -8,8 +8,8 @@ over queries, and the study reports means and t-intervals over seeds and paired 
 
 Usage::
 
-    make demo                                    # one seed, arms a-c (about 15 min on an idle 2-core machine)
-    make demo-study                              # the study: 3 seeds, arms a-e, label efficiency (<= 2 h)
+    make demo                                    # one seed, arms a-c (about 10 min on an idle 2-core machine)
+    make demo-study                              # the study: 3 seeds, arms a-e, label efficiency (about 1 h)
     python demo/run.py --preset smoke            # the reduced pipeline the test suite runs
     python demo/run.py --seeds 1 --jobs 1        # another seed, one stage at a time
 
