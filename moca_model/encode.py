@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
-from moca_model.images import MoCaInputError
+from moca_model.images import MoCaInputError, image_key
 from moca_model.loading import default_attn_implementation, load_model, resolve_checkpoint
 from moca_model.processing_moca import Item, MoCaProcessor, normalize_item
 
@@ -28,19 +26,20 @@ logger = logging.getLogger(__name__)
 DEFAULT_PROCESSOR = "Qwen/Qwen2.5-VL-3B-Instruct"  # what the reference scripts load the processor from
 
 
-def _image_key(src) -> tuple:
-    if isinstance(src, Image.Image):
-        return ("pil", src.mode, src.size, hashlib.sha1(src.tobytes()).hexdigest())
-    if isinstance(src, (bytes, bytearray, memoryview)):
-        return ("bytes", hashlib.sha1(bytes(src)).hexdigest())
-    if isinstance(src, (str, os.PathLike)):
-        return ("path", str(Path(src).expanduser().resolve()))
-    return ("id", id(src))
+def item_key(item: Item, index: int = 0) -> str:
+    """Content key of a normalised item: its exact text and the content key of each image, in order.
 
+    Two items share a key only when the model would read the same tokens and the same pixels
+    (:func:`moca_model.images.image_key` states the image rule).
 
-def item_key(item: Item) -> tuple:
-    """Identity of an item for de-duplication: its text and the identity of each image."""
-    return (item.text, *(_image_key(src) for src in item.images))
+    Raises:
+        MoCaInputError: an image that cannot be read or has an unsupported type; names ``index``.
+    """
+    text = item.text.encode("utf-8")
+    digest = hashlib.blake2b(len(text).to_bytes(8, "little") + text, digest_size=16)
+    for src in item.images:
+        digest.update(image_key(src, index).encode())  # fixed-length keys: no separator needed
+    return digest.hexdigest()
 
 
 class MoCaEncoder:
@@ -143,11 +142,11 @@ class MoCaEncoder:
         if len(items) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         normalized = [normalize_item(x, i) for i, x in enumerate(items)]
-        first_index: dict[tuple, int] = {}  # item identity -> unique id
+        first_index: dict[str, int] = {}  # item content key -> unique id
         originals: list[int] = []  # unique id -> caller index of its first occurrence
         inverse = np.empty(len(items), dtype=np.int64)
         for i, item in enumerate(normalized):
-            key = item_key(item)
+            key = item_key(item, i)
             if key not in first_index:
                 first_index[key] = len(originals)
                 originals.append(i)
