@@ -185,9 +185,11 @@ def render() -> str:
     """The generated Markdown section."""
     rows = table_rows()
     n_tasks = len({name for row in rows for name in row[-1]})
+    n_all = len(all_image_tasks())
     lines = [
         BEGIN,
-        f"{n_tasks} mteb tasks with images (private, superseded and beta included), {len(rows)} distinct layouts. "
+        f"{n_tasks} mteb tasks with images (private, superseded and beta included; {n_all - n_tasks} aggregate "
+        f"tasks, which encode nothing themselves, left out), {len(rows)} distinct layouts. "
         "`<image>` is the image, `\\n` a newline, `{prompt}` the task's own prompt; "
         'the mmeb column is shown only where `instructions="mmeb"` changes the input.',
         "",
