@@ -3,7 +3,8 @@
 Each benchmark is its own module (``python -m benchmarks.<name>``) writing ``results/benchmarks/<name>.json``;
 this script runs them in sequence with sizes that fit the budget, then renders
 ``results/benchmarks/SUMMARY.md`` from whatever JSON files exist. ``--only NAME ...`` runs a subset,
-``--summary-only`` just re-renders the summary. The GPU check is separate (``benchmarks/gpu_check.sh``).
+``--summary-only`` just re-renders the summary. Jobs in ``MTEB_JOBS`` run with ``.venv-mteb/bin/python`` (mteb 2.x
+lives there); the others with this interpreter. The GPU check is separate (``benchmarks/gpu_check.sh``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from benchmarks.common import RESULTS
 
@@ -28,7 +30,12 @@ JOBS = {
     "mmeb_cost": ["benchmarks.mmeb_cost"],
     "train_cpt": ["benchmarks.train_cpt", "--steps", "40"],
     "train_cl": ["benchmarks.train_cl", "--steps", "30"],
+    "cache_mteb": ["benchmarks.cache_mteb", "--pages", "32", "--queries", "8"],
+    "cache_vidore": ["benchmarks.cache_vidore", "--pages", "32", "--queries", "16"],
+    "devices": ["benchmarks.devices", "--queries", "48", "--pages", "24"],
 }
+MTEB_JOBS = {"cache_mteb"}
+MTEB_PYTHON = Path(__file__).resolve().parents[1] / ".venv-mteb" / "bin" / "python"
 
 
 def _fmt(x) -> str:
@@ -93,12 +100,58 @@ def summary() -> str:
             f"same indices: {r['same_indices']}.",
             "",
         ]
+    lines += _throughput_sections(load)
     for name in ("mmeb_cost", "train_cpt", "train_cl"):
         r = load(name)
         if r:
             body = {k: v for k, v in r.items() if k != "environment"}
             lines += [f"## {name}", "```", json.dumps(body, indent=1, default=_fmt)[:3000], "```", ""]
     return "\n".join(lines) + "\n"
+
+
+def _throughput_sections(load) -> list[str]:
+    """The embedding-cache and multi-device results (issue: evaluation throughput at benchmark scale)."""
+    lines = []
+    r = load("cache_mteb")
+    if r:
+        w, c = r["without_cache"], r["with_cache"]
+        lines += [
+            f"## Embedding cache on a ViDoRe-v3-shaped mteb task ({r['n_pages']} pages, {r['n_languages']} languages)",
+            "| | document forward passes | per corpus | seconds |",
+            "|---|---|---|---|",
+            f"| without cache | {w['document_forward_passes']} | {w['forward_passes_per_corpus']} | {w['seconds']} |",
+            f"| with cache | {c['document_forward_passes']} | {c['forward_passes_per_corpus']} | {c['seconds']} |",
+            f"\nWall-time ratio **{r['wall_time_ratio']}x**; identical scores: {r['same_scores']}.",
+            "",
+        ]
+    r = load("cache_vidore")
+    if r:
+        lines += [
+            f"## vidore-benchmark rerun with a warm cache ({r['n_pages']} pages, {r['n_queries']} queries, stock CLI)",
+            "| run | page forward passes | pages from cache | seconds (incl. CLI start-up) | nDCG@5 |",
+            "|---|---|---|---|---|",
+        ]
+        for name in ("no_cache", "cold", "warm"):
+            v = r[name]
+            cells = (name, v["page_forward_passes"], v["pages_from_cache"], v["seconds"], v["ndcg_at_5"])
+            lines.append("| " + " | ".join(map(str, cells)) + " |")
+        lines += ["", f"Same nDCG@5: {r['same_ndcg']}; cold/warm wall time {r['wall_time_ratio_cold_vs_warm']}x.", ""]
+    r = load("devices")
+    if r:
+        one, two = r["one_process"], r["two_workers"]
+        lines += [
+            f"## Data-parallel encoding on CPU ({r['n_items']} items, {r['size']} random model)",
+            "| | items/s | seconds | CPU seconds |",
+            "|---|---|---|---|",
+            *(
+                f"| {label} | {v['items_per_s']} | {v['seconds_best']} | {v['cpu_seconds_all']} |"
+                for label, v in (("1 process, 1 thread", one), ("2 worker processes, 1 thread each", two))
+            ),
+            f"\nRatio **{r['throughput_ratio']}x** (pool start-up {r['pool_start_seconds']} s, once); "
+            f"max |diff| {r['max_abs_diff']:.1e}.",
+            "",
+        ]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,7 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in [] if args.summary_only else (args.only or list(JOBS)):
         t0 = time.perf_counter()
         logger.info("== %s", name)
-        rc = subprocess.run([sys.executable, "-m", *JOBS[name]], env=env).returncode
+        python = str(MTEB_PYTHON) if name in MTEB_JOBS else sys.executable
+        if not Path(python).is_file():
+            logger.warning("== %s skipped: %s not found (make env)", name, python)
+            failed.append(name)
+            continue
+        rc = subprocess.run([python, "-m", *JOBS[name]], env=env).returncode
         logger.info("== %s: rc %d in %.0f s", name, rc, time.perf_counter() - t0)
         if rc:
             failed.append(name)

@@ -43,6 +43,8 @@ MODEL_3B = "moca-embed/MoCa-Qwen25VL-3B"
 MODEL_7B = "moca-embed/MoCa-Qwen25VL-7B"
 CHECKPOINTS_ENV = "MOCA_MTEB_CHECKPOINTS"
 INSTRUCTIONS_ENV = "MOCA_MTEB_INSTRUCTIONS"  # default of the ``instructions`` loader argument
+DEVICES_ENV = "MOCA_DEVICES"  # default of ``devices``: "all", "cuda:0,cuda:1", ...
+CACHE_ENV = "MOCA_CACHE_DIR"  # default of ``cache_dir``
 
 
 class MoCaMTEBEncoder(AbsEncoder):
@@ -67,6 +69,8 @@ class MoCaMTEBEncoder(AbsEncoder):
         prompts: Mapping[str, str] | None = None,
         instructions: str | None = None,
         num_workers: int | None = None,
+        devices: str | list[str] | None = None,
+        cache_dir: str | None = None,
         **kwargs: Any,
     ):
         """Load the model.
@@ -87,11 +91,16 @@ class MoCaMTEBEncoder(AbsEncoder):
             instructions: ``"default"`` or ``"mmeb"`` (MoCa's MMEB wording for classification, clustering,
                 visual STS and zero-shot; bare zero-shot labels). Default ``$MOCA_MTEB_INSTRUCTIONS``, else
                 ``"default"``.
-            num_workers: batch-preparation threads (default 2 on CUDA, 0 on CPU).
+            num_workers: batch-preparation threads (default 2 on CUDA, 1 on CPU; per device worker).
+            devices: encode on several devices (``"all"``, ``"cuda:0,cuda:1"``, a list); one worker process
+                each. Default ``$MOCA_DEVICES``, else one device (``device``).
+            cache_dir: persistent embedding cache (default ``$MOCA_CACHE_DIR``, else memory only): pages
+                shared by several tasks or runs are encoded once.
             **kwargs: ``embed_dim`` (checked by mteb) and anything mteb adds later; others are logged.
         """
         from moca_model import MoCaEncoder
 
+        _follow_mteb_verbosity()
         instructions = instructions or os.environ.get(INSTRUCTIONS_ENV) or "default"
         if instructions not in ("default", "mmeb"):
             raise ValueError(f"instructions must be 'default' or 'mmeb', got {instructions!r}")
@@ -113,6 +122,8 @@ class MoCaMTEBEncoder(AbsEncoder):
             max_length=max_length,
             revision=None if Path(source).expanduser().is_dir() else revision,
             processor_name_or_path=processor_name_or_path,
+            devices=devices or os.environ.get(DEVICES_ENV) or None,
+            cache_dir=cache_dir or os.environ.get(CACHE_ENV) or None,
         )
         self.model = self.encoder.model
         self.prompts = dict(prompts or {})
@@ -150,13 +161,22 @@ class MoCaMTEBEncoder(AbsEncoder):
             raise ValueError(f"{task_metadata.name}: {exc}") from exc
         task = task_view(task_metadata)
         items = mteb_items(task, side, texts, images, overrides=self.prompts, instructions=self.instructions)
-        return self.encoder.encode(
+        vectors = self.encoder.encode(
             items,
             batch_size=kwargs.get("batch_size") or getattr(inputs, "batch_size", None) or 16,
             show_progress=kwargs.get("show_progress_bar", True),
             desc=f"{task_metadata.name} {side or 'inputs'}",
             num_workers=self.num_workers,
         )
+        logger.info("%s %s: %s", task_metadata.name, side or "inputs", self.encoder.last_stats.summary())
+        return vectors
+
+
+def _follow_mteb_verbosity() -> None:
+    """Show this adapter's log lines (cache hits per call) at ``mteb run -v``'s level, unless a level is set."""
+    ours, theirs = logging.getLogger("moca_bench"), logging.getLogger("mteb")
+    if ours.level == logging.NOTSET and theirs.level != logging.NOTSET:
+        ours.setLevel(theirs.level)
 
 
 def _published_meta(

@@ -14,6 +14,7 @@ Shapes: T tokens, P patch rows (1176 values each), I images.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -25,7 +26,7 @@ import torch
 from PIL import Image
 
 from moca_model.compat import pil_image_processor_class
-from moca_model.images import MoCaInputError, fitted_size, open_image, to_rgb
+from moca_model.images import MoCaInputError, fitted_size, image_key, open_image, to_rgb
 from moca_model.patchify import patchify, smart_resize
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,22 @@ def normalize_item(item, index: int) -> Item:
     elif n_placeholders != len(images):
         raise MoCaInputError(f"item {index}: {n_placeholders} image placeholders for {len(images)} images")
     return Item(text=text, images=tuple(images))
+
+
+def item_key(item: Item, index: int = 0) -> str:
+    """Content key of a normalised item: its exact text and the content key of each image, in order.
+
+    Two items share a key only when the model would read the same tokens and the same pixels
+    (:func:`moca_model.images.image_key` states the image rule).
+
+    Raises:
+        MoCaInputError: an image that cannot be read or has an unsupported type; names ``index``.
+    """
+    text = item.text.encode("utf-8")
+    digest = hashlib.blake2b(len(text).to_bytes(8, "little") + text, digest_size=16)
+    for src in item.images:
+        digest.update(image_key(src, index).encode())  # fixed-length keys: no separator needed
+    return digest.hexdigest()
 
 
 class MoCaProcessor:

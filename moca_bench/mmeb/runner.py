@@ -65,13 +65,7 @@ def encoder_settings(encoder, cfg: MMEBConfig) -> dict:
     """Everything besides the checkpoint files that changes the vectors (part of the cache key)."""
     import moca_model
 
-    model, proc = encoder.model, encoder.processor
-    return {
-        "dtype": str(next(model.parameters()).dtype),
-        "attn_implementation": getattr(model.config, "_attn_implementation", None),
-        "min_pixels": proc.min_pixels, "max_pixels": proc.max_pixels, "max_length": proc.max_length,
-        "processor": cfg.processor, "moca_model": moca_model.__version__,
-    }  # fmt: skip
+    return {**encoder.vector_settings(), "processor": cfg.processor, "moca_model": moca_model.__version__}
 
 
 def load_subsets(cfg: MMEBConfig, names: list[str], ctx: dist.DistContext) -> dict[str, SubsetData]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from moca_model.encode import item_key
+from moca_model.processing_moca import item_key
 from moca_model.images import EXIF_ORIENTATION, fitted_size, image_key, to_rgb
 from moca_model.processing_moca import normalize_item
 
