@@ -57,6 +57,9 @@ class Recorder:
     """Stands in for MoCaEncoder: records the items and returns seeded unit vectors."""
 
     def __init__(self, dim: int = 8):
+        from moca_model.cache import EncodeStats
+
+        self.last_stats = EncodeStats()
         self.calls: list[list] = []
         self.rng = np.random.default_rng(0)
         self.dim = dim
