@@ -81,3 +81,20 @@ def test_devices_reach_the_encoder(tiny_dir, monkeypatch):
     assert seen["devices"] == "cuda:0,cuda:1"
     MoCaMTEBEncoder(str(tiny_dir), device="cpu", devices=["cpu", "cpu"])
     assert seen["devices"] == ["cpu", "cpu"]  # the argument wins over the environment
+
+
+def test_log_lines_follow_mteb_run_verbosity(tiny_dir):
+    """``mteb run`` (default -v 2) sets the "mteb" logger to INFO; the adapter's cache lines then show too."""
+    ours, theirs = logging.getLogger("moca_bench"), logging.getLogger("mteb")
+    saved = ours.level, theirs.level
+    try:
+        ours.setLevel(logging.NOTSET)
+        theirs.setLevel(logging.INFO)
+        MoCaMTEBEncoder(str(tiny_dir), device="cpu")
+        assert ours.level == logging.INFO
+        ours.setLevel(logging.ERROR)  # a level the user chose is kept
+        MoCaMTEBEncoder(str(tiny_dir), device="cpu")
+        assert ours.level == logging.ERROR
+    finally:
+        ours.setLevel(saved[0])
+        theirs.setLevel(saved[1])
