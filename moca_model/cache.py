@@ -85,30 +85,6 @@ def checkpoint_fingerprint(model_dir: Path, processor_dir: Path | None = None) -
 
 
 @dataclass
-class CacheStats:
-    """Counts of one or more lookups."""
-
-    memory_hits: int = 0
-    """Vectors found in memory."""
-    disk_hits: int = 0
-    """Vectors read from disk."""
-    misses: int = 0
-    """Vectors to encode (corrupt entries included)."""
-    corrupt: int = 0
-    """Disk entries that failed their size or digest check."""
-
-    @property
-    def hits(self) -> int:
-        """Vectors served from the cache."""
-        return self.memory_hits + self.disk_hits
-
-    def add(self, other: CacheStats) -> None:
-        """Accumulate ``other`` into this one."""
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-
-
-@dataclass
 class EncodeStats:
     """What one ``encode`` call did (or, summed, several)."""
 
@@ -133,6 +109,11 @@ class EncodeStats:
     def cached(self) -> int:
         """Distinct items served from the cache."""
         return self.memory_hits + self.disk_hits
+
+    def add(self, other: EncodeStats) -> None:
+        """Accumulate ``other`` into this one."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
     def summary(self) -> str:
         """One log line: ``12 inputs, 10 unique, 4 from cache (4 memory, 0 disk), 6 encoded in 2 batches``."""
@@ -171,10 +152,10 @@ class EmbeddingCache:
 
     def lookup(
         self, namespace: str, keys: Sequence[str], *, disk: bool = True
-    ) -> tuple[dict[int, np.ndarray], CacheStats]:
-        """Cached vectors of ``keys`` as ``{position in keys: (D,) float32}``, and the counts."""
+    ) -> tuple[dict[int, np.ndarray], EncodeStats]:
+        """Cached vectors of ``keys`` as ``{position in keys: (D,) float32}``, and the hit counts."""
         found: dict[int, np.ndarray] = {}
-        stats = CacheStats()
+        stats = EncodeStats()
         for pos, key in enumerate(keys):
             vec = self._memory.get((namespace, key))
             if vec is not None:
@@ -184,7 +165,6 @@ class EmbeddingCache:
                 continue
             vec = self._read(namespace, key, stats) if disk and self.directory is not None else None
             if vec is None:
-                stats.misses += 1
                 continue
             found[pos] = vec
             stats.disk_hits += 1
@@ -217,7 +197,7 @@ class EmbeddingCache:
     def _path(self, namespace: str, key: str) -> Path:
         return self.directory / namespace / key[:2] / f"{key}.vec"
 
-    def _read(self, namespace: str, key: str, stats: CacheStats) -> np.ndarray | None:
+    def _read(self, namespace: str, key: str, stats: EncodeStats) -> np.ndarray | None:
         path = self._path(namespace, key)
         try:
             data = path.read_bytes()

@@ -98,7 +98,8 @@ class MoCaEncoder:
             processor_name_or_path: where the tokenizer comes from when the checkpoint has none
                 (default: the checkpoint, then ``Qwen/Qwen2.5-VL-3B-Instruct``, as the reference does).
             devices: encode on several devices, one spawned worker process each: a list
-                (``["cuda:0", "cuda:1"]``, ``["cpu", "cpu"]``), a comma-separated string, or ``"all"``.
+                (``["cuda:0", "cuda:1"]``, ``["cpu", "cpu"]``), a comma-separated string, or ``"all"``
+                (every GPU). A single device runs in this process, as ``device`` would.
             cache_dir: persistent embedding cache root (vectors go to ``<cache_dir>/embeddings``).
             cache_memory_mb: in-memory cache bound in MiB (0: none).
             worker_threads: torch threads per device worker (default: the CPUs divided among them).
@@ -118,6 +119,8 @@ class MoCaEncoder:
             fingerprint=None if memory_only else checkpoint_fingerprint(path, proc_dir),
         )
         worker_devices = parse_devices(devices)
+        if worker_devices and len(worker_devices) == 1:  # one device: no worker process needed
+            device, worker_devices = worker_devices[0], None
         if worker_devices:
             load = {"dtype": dtype, "attn_implementation": attn_implementation, "min_pixels": min_pixels,
                     "max_pixels": max_pixels, "max_length": max_length, "processor_name_or_path": proc_dir}  # fmt: skip
@@ -222,10 +225,10 @@ class MoCaEncoder:
         if disk:  # the disk namespace must not depend on the in-process weight version
             settings.pop("weights_version")
         namespace = self.cache.namespace(settings)
-        found, cstats = self.cache.lookup(namespace, keys, disk=disk)
+        found, hits = self.cache.lookup(namespace, keys, disk=disk)
         for u, vec in found.items():
             out[u] = vec
-        stats.memory_hits, stats.disk_hits, stats.corrupt = cstats.memory_hits, cstats.disk_hits, cstats.corrupt
+        stats.add(hits)
         return namespace, [u for u in range(len(keys)) if u not in found]
 
     def _disk_ok(self) -> bool:
@@ -247,8 +250,7 @@ class MoCaEncoder:
 
     def _record(self, stats: EncodeStats) -> None:
         self.last_stats = stats
-        for name in EncodeStats.__dataclass_fields__:
-            setattr(self.total_stats, name, getattr(self.total_stats, name) + getattr(stats, name))
+        self.total_stats.add(stats)
         logger.debug("encode: %s in %.2f s", stats.summary(), stats.seconds)
 
     def _run(self, batches, normalized, originals, num_workers) -> Iterable[tuple[list[int], np.ndarray]]:

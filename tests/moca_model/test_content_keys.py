@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from moca_model.processing_moca import item_key
 from moca_model.images import EXIF_ORIENTATION, fitted_size, image_key, to_rgb
-from moca_model.processing_moca import normalize_item
+from moca_model.processing_moca import item_key, normalize_item
 
 from .conftest import draw_image
 

@@ -69,3 +69,8 @@ def test_a_killed_worker_raises_naming_its_device_and_returns_nothing(pooled, tm
     assert result is None
     with pytest.raises(MoCaWorkerError, match="closed"):
         pooled.encode(["after"], show_progress=False)
+
+
+def test_a_single_device_runs_in_process(tiny_dir):
+    enc = MoCaEncoder.from_pretrained(tiny_dir, devices="cpu", cache_memory_mb=0)
+    assert enc.pool is None and enc.model is not None and enc.device.type == "cpu"
