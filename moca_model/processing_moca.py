@@ -29,7 +29,7 @@ from PIL import Image
 from moca_model.compat import pil_image_processor_class
 from moca_model.images import MoCaInputError, fitted_size, open_image, to_rgb
 from moca_model.patchify import patchify, smart_resize
-from moca_model.video import DEFAULT_NUM_FRAMES, Video, patchify_video, video_grid
+from moca_model.video import DEFAULT_NUM_FRAMES, Video, decode_frames, frame_sizes, patchify_video, video_grid
 
 logger = logging.getLogger(__name__)
 
@@ -221,10 +221,7 @@ class MoCaProcessor:
         Raises:
             MoCaInputError: no frames, or a missing or unreadable frame.
         """
-        if not video.frames:
-            raise MoCaInputError(f"item {index}: video has no frames: {video.describe()} "
-                                 "(expected a folder of .jpg/.jpeg/.png frames or a list of frames)")
-        sizes = [fitted_size(open_image(f, index)) for f in video.frames]
+        sizes = frame_sizes(video, index)
         t, h, w = video_grid(*sizes[0], len(sizes), **self._video_kwargs())
         return t * h * w // self.image_processor.merge_size**2
 
@@ -265,10 +262,8 @@ class MoCaProcessor:
         return self._truncate(enc, index)
 
     def _patchify_video(self, video: Video, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if not video.frames:
-            raise MoCaInputError(f"item {index}: video has no frames: {video.describe()}")
-        frames = [to_rgb(open_image(f, index), index) for f in video.frames]
         ip = self.image_processor
+        frames = decode_frames(video, index)
         return patchify_video(frames, mean=tuple(ip.image_mean), std=tuple(ip.image_std), **self._video_kwargs())
 
     def _truncate(self, enc: Encoded, index: int) -> Encoded:

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from moca_model.images import MoCaInputError, fitted_size, open_image, to_rgb
 from moca_model.patchify import _lookup_table, smart_resize
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")  # reference IMAGE_EXTENSIONS
@@ -174,6 +175,32 @@ def video_key(video: Video) -> tuple:
     Two folders holding the same frames share a key; the same folder sampled differently does not.
     """
     return ("video", *(frame_digest(f) for f in video.frames))
+
+
+def _check(video: Video, index: int) -> None:
+    if not video.frames:
+        raise MoCaInputError(f"item {index}: video has no frames: {video.describe()} "
+                             "(expected a folder of .jpg/.jpeg/.png frames or a list of frames)")  # fmt: skip
+
+
+def frame_sizes(video: Video, index: int) -> list[tuple[int, int]]:
+    """(height, width) of every frame after the size fixes, from headers only.
+
+    Raises:
+        MoCaInputError: no frames, or a missing or unreadable frame (the message names item ``index``).
+    """
+    _check(video, index)
+    return [fitted_size(open_image(f, index)) for f in video.frames]
+
+
+def decode_frames(video: Video, index: int) -> list[Image.Image]:
+    """Every frame decoded to RGB with the size fixes of :func:`moca_model.images.to_rgb`.
+
+    Raises:
+        MoCaInputError: no frames, or a missing, unreadable or corrupt frame.
+    """
+    _check(video, index)
+    return [to_rgb(open_image(f, index), index) for f in video.frames]
 
 
 def video_grid(

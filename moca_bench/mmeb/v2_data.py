@@ -161,8 +161,10 @@ def iter_corpus(source: TableSource, task: V2Task, *, with_images: bool) -> Iter
             yield from batch.to_pylist()
 
 
-def media_dir(task: V2Task, root: Path | None, overrides: Mapping[str, str]) -> Path:
+def media_dir(task: V2Task, root: Path | None, overrides: Mapping[str, str]) -> Path | None:
     """The task's media folder: an override, else the first of ``task.media`` that exists under ``root``.
+
+    A visual-document task may have none (None): its pages are then written from the corpus.
 
     Raises:
         MMEBDataError: nothing found (the message lists the folders tried and how to override them).
@@ -178,7 +180,7 @@ def media_dir(task: V2Task, root: Path | None, overrides: Mapping[str, str]) -> 
         if path.is_dir():
             return path
     if task.modality == "visdoc":  # pages can be written from the corpus
-        return tried[0] if tried else Path(task.media[0])
+        return None
     raise MMEBDataError(
         f"{task.name}: no media folder among {[str(p) for p in tried] or task.media}; unpack {MEDIA_REPO} "
         f"(docs/mmeb.md) and pass --image-root / --frame-root, or --media-path {task.name}=DIR"

@@ -89,15 +89,21 @@ def qrels_mapping(qrels: Iterable[Mapping]) -> dict:
     return out
 
 
-def _page_paths(task: V2Task, source: TableSource, folder: Path, opts: ParseOptions) -> dict:
+def page_name(task: V2Task, cid) -> str:
+    """A corpus page's file name: ``<corpus-id>.png`` (ViDoRe and VLM2Vec sets) or VisRAG's hashed name."""
+    return visrag_file_name(cid) if task.parser == "visrag" else f"{cid}.png"
+
+
+def _page_paths(task: V2Task, source: TableSource, folder: Path | None, opts: ParseOptions) -> dict:
     """``{corpus-id: page file}``: the media folder's file, else one written into the page cache."""
-    name_of = visrag_file_name if task.parser == "visrag" else (lambda cid: f"{cid}.png")
+    if folder is None and opts.page_cache is None:
+        raise MMEBDataError(f"{task.name}: no page folder and no page cache to write pages into")
     cache = (opts.page_cache or folder) / task.name
     paths, missing = {}, set()
     for row in iter_corpus(source, task, with_images=False):
         cid = row["corpus-id"]
-        fname = name_of(cid)
-        paths[cid] = folder / fname if (folder / fname).is_file() else cache / fname
+        fname = page_name(task, cid)
+        paths[cid] = folder / fname if folder is not None and (folder / fname).is_file() else cache / fname
         if not paths[cid].is_file():
             missing.add(cid)
     if missing:
@@ -111,7 +117,7 @@ def _page_paths(task: V2Task, source: TableSource, folder: Path, opts: ParseOpti
     return paths
 
 
-def parse_visdoc(task: V2Task, source: TableSource, folder: Path, opts: ParseOptions) -> TaskData:
+def parse_visdoc(task: V2Task, source: TableSource, folder: Path | None, opts: ParseOptions) -> TaskData:
     """``vidore`` / ``visrag`` BEIR tables: queries ranked against the whole corpus, graded qrels."""
     b = TaskBuilder(task)
     queries = read_table(source, task.repo, "queries", task.split)
@@ -121,8 +127,8 @@ def parse_visdoc(task: V2Task, source: TableSource, folder: Path, opts: ParseOpt
     pages = _page_paths(task, source, folder, opts)
     target = input_text(DOC_TARGET, image=True)
 
-    def page(cid) -> Input:
-        return Input(target, image=str(pages.get(cid, folder / f"{cid}.png")))
+    def page(cid) -> Input:  # a qrel page missing from the corpus: the media folder's file (counted if absent)
+        return Input(target, image=str(pages.get(cid) or (folder or opts.page_cache or Path()) / page_name(task, cid)))
 
     for q in _first(queries, opts.max_rows):
         rel = mapping.get(q["query-id"])
@@ -135,13 +141,13 @@ def parse_visdoc(task: V2Task, source: TableSource, folder: Path, opts: ParseOpt
     return b.build()
 
 
-def parse_task(task: V2Task, source: TableSource, media: Path, opts: ParseOptions) -> TaskData:
+def parse_task(task: V2Task, source: TableSource, media: Path | None, opts: ParseOptions) -> TaskData:
     """Read and parse one task.
 
     Args:
         task: the task.
         source: where its tables come from.
-        media: its media folder (image root, frame root or page folder).
+        media: its media folder (image root, frame root, page folder; None: pages from the corpus).
         opts: parsing options.
 
     Returns:

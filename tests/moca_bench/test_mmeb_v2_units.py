@@ -154,3 +154,18 @@ def test_cli_v2_options():
     assert "--benchmark" in build_parser().format_help() and "mmeb_v2.json" in build_parser().format_help()
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_config(["--model", "m", "--media-path", "nothing"])
+
+
+def test_cost_model_on_published_sizes():
+    from moca_bench.mmeb.v2_cost import task_cost, v2_costs
+
+    assert task_cost(t.TASKS["HMDB51"])["unique_inputs"] == 1000 + 51  # every video once, the 51 labels once
+    msr = task_cost(t.TASKS["MSR-VTT"])
+    assert (msr["unique_inputs"], msr["video_inputs"], msr["frames"]) == (2000, 1000, 8000)
+    assert msr["naive_passes"] == 1000 * 1001  # each query against the whole pool
+    assert task_cost(t.TASKS["ActivityNetQA"])["unique_inputs"] == 1002  # yes / no encoded once
+    assert task_cost(t.TASKS["VisRAG_PlotQA"])["unique_inputs"] is None  # corpus size not published
+    costs = v2_costs(num_frames=64)
+    assert costs["overall"]["frames"] == 64 * costs["overall"]["video_inputs"]
+    assert costs["modalities"]["image"]["unique_inputs"] == 65532  # v1's figure: the same 36 tasks and assumption
+    assert costs["overall"]["tasks_with_unknown_corpus"] == 8
