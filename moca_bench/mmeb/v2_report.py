@@ -10,15 +10,13 @@ never averaged.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
 from moca_bench.mmeb import v2_tasks as t
-from moca_bench.mmeb.report import _atomic_write_text, _fmt, _mean, _row
+from moca_bench.mmeb.report import _fmt, _mean, _row, write_report
 
 PUBLISHED_FILE = Path("published") / "mmeb_v2.json"
-_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def aggregate_v2(scores: Mapping[str, float | None]) -> dict:
@@ -40,20 +38,6 @@ def aggregate_v2(scores: Mapping[str, float | None]) -> dict:
     metas = {f"{m}-{meta}": agg(names) for m in t.MODALITIES for meta, names in t.meta_tasks(m).items()}
     mods = {m: agg([n for n in t.SCORED if t.TASKS[n].modality == m]) for m in t.MODALITIES}
     return {"meta_tasks": metas, "modalities": mods, "overall": agg(t.SCORED)}
-
-
-def find_published_v2(explicit: str | None, output_dir: Path) -> Path | None:
-    """``explicit``, else ``<output_dir>/published/mmeb_v2.json``, else the repository's."""
-    for path in ([Path(explicit)] if explicit else []) + [output_dir / PUBLISHED_FILE, _REPO_ROOT / "results" /
-                                                          PUBLISHED_FILE]:  # fmt: skip
-        if path.is_file():
-            return path
-    return None
-
-
-def load_published_v2(path: Path | None) -> dict:
-    """``{model label: {"datasets", "meta_tasks", "modalities", "overall", "source"}}`` or {}."""
-    return {} if path is None else json.loads(path.read_text(encoding="utf-8")).get("models", {})
 
 
 def _cell(agg: Mapping) -> str:
@@ -97,8 +81,4 @@ def markdown_v2(report: Mapping, published: Mapping) -> str:
 
 def write_report_v2(report: Mapping, out_dir: Path, published_path: Path | None) -> tuple[Path, Path]:
     """Write ``mmeb_v2.json`` and ``mmeb_v2.md`` into ``out_dir`` atomically; returns both paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / "mmeb_v2.json", out_dir / "mmeb_v2.md"
-    _atomic_write_text(json_path, json.dumps(report, indent=2, sort_keys=False, allow_nan=False) + "\n")
-    _atomic_write_text(md_path, markdown_v2(report, load_published_v2(published_path)))
-    return json_path, md_path
+    return write_report(report, out_dir, published_path, stem="mmeb_v2", table=markdown_v2)

@@ -20,12 +20,12 @@ from moca_bench.mmeb import dist
 from moca_bench.mmeb import v2_tasks as tasks
 from moca_bench.mmeb.cache import EmbeddingCache, model_fingerprint
 from moca_bench.mmeb.config import MMEBConfig
-from moca_bench.mmeb.report import package_versions
+from moca_bench.mmeb.report import find_published, package_versions
 from moca_bench.mmeb.runner import _encode_subset, default_cache_dir, encoder_settings, load_encoder, model_label
 from moca_bench.mmeb.v2_build import TaskData
 from moca_bench.mmeb.v2_data import TableSource, hub_media_root, media_dir
 from moca_bench.mmeb.v2_parse import ParseOptions, parse_task
-from moca_bench.mmeb.v2_report import aggregate_v2, find_published_v2, write_report_v2
+from moca_bench.mmeb.v2_report import PUBLISHED_FILE, aggregate_v2, write_report_v2
 from moca_bench.mmeb.v2_scoring import score_task
 
 logger = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def run_v2(cfg: MMEBConfig, *, encoder=None) -> dict | None:
             return None
         report = _report(cfg, results, encoder, key, inputs, ctx, load_s=t_load, start=start)
         out_dir = Path(cfg.output_dir) / model_label(cfg)
-        paths = write_report_v2(report, out_dir, find_published_v2(cfg.published, Path(cfg.output_dir)))
+        paths = write_report_v2(report, out_dir, find_published(cfg.published, Path(cfg.output_dir), PUBLISHED_FILE))
         logger.info("overall %s; wrote %s and %s", report["aggregates"]["overall"]["score"], *paths)
         return report
     finally:
