@@ -44,7 +44,7 @@ class MMEBConfig:
     dataset_pins: list[str] | None = None
     """v2: ``REPO=REVISION`` pins for the tables read from the hub (the reference pins nothing)."""
     split: str = "test"
-    """Dataset split."""
+    """v1: dataset split (v2 tasks have their own, as the reference's)."""
     subsets: list[str] | None = None
     """v1: names, meta-tasks (Classification, VQA, Retrieval, Grounding), IND, OOD or all. v2: task names,
     modalities (image, video, visdoc), meta-tasks (image-CLS, video-MRET, visdoc-OOD, or CLS for all

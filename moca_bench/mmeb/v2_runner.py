@@ -54,6 +54,23 @@ def media_roots(cfg: MMEBConfig, names: list[str], cache_root: Path) -> dict[str
     return {m: Path(r).expanduser() if r else None for m, r in roots.items()}
 
 
+def check_video_budget(proc, cfg: MMEBConfig, names: list[str]) -> None:
+    """Fail early when even the smallest video of the selection cannot fit ``max_length``.
+
+    Raises:
+        ValueError: ``num_frames`` / 2 temporal patches at ``video_min_pixels`` alone exceed the token limit.
+    """
+    if proc.max_length is None or all(tasks.TASKS[n].modality != "video" for n in names):
+        return
+    floor = -(-cfg.num_frames // 2) * (proc.video_min_pixels // proc.factor**2)  # tokens at the lower bound
+    if floor >= proc.max_length:
+        raise ValueError(
+            f"{cfg.num_frames} frames take at least {floor} visual tokens (video_min_pixels={proc.video_min_pixels}), "
+            f"more than max_length={proc.max_length}: every video would be rejected. Raise --max-length (e.g. "
+            f"{floor + floor // 2 + 256}) or lower --video-min-pixels / --num-frames"
+        )
+
+
 def load_tasks(cfg: MMEBConfig, names: list[str], ctx: dist.DistContext, cache_root: Path) -> dict[str, TaskData]:
     """Parse every selected task; rank 0 first (it may download or write page images), then the others."""
     if not ctx.is_main:
@@ -109,6 +126,7 @@ def run_v2(cfg: MMEBConfig, *, encoder=None) -> dict | None:
         names = tasks.resolve_tasks(cfg.subsets)
         encoder = encoder if encoder is not None else load_encoder(cfg, ctx)
         proc = encoder.processor
+        check_video_budget(proc, cfg, names)
         settings = {**encoder_settings(encoder, cfg), "video_min_pixels": proc.video_min_pixels,
                     "video_max_pixels": proc.video_max_pixels}  # fmt: skip
         key, inputs = model_fingerprint(resolve_checkpoint(cfg.model, revision=cfg.revision), settings)

@@ -169,3 +169,14 @@ def test_cost_model_on_published_sizes():
     assert costs["overall"]["frames"] == 64 * costs["overall"]["video_inputs"]
     assert costs["modalities"]["image"]["unique_inputs"] == 65532  # v1's figure: the same 36 tasks and assumption
     assert costs["overall"]["tasks_with_unknown_corpus"] == 8
+
+
+def test_a_frame_count_that_cannot_fit_fails_before_encoding(tiny_encoder):
+    from moca_bench.mmeb.config import MMEBConfig
+    from moca_bench.mmeb.v2_runner import check_video_budget
+
+    proc = tiny_encoder.processor  # tiny: max_length 512, 4 tokens per frame at least
+    check_video_budget(proc, MMEBConfig(model="m", benchmark="v2", num_frames=64), ["MSR-VTT"])
+    with pytest.raises(ValueError, match="Raise --max-length"):
+        check_video_budget(proc, MMEBConfig(model="m", benchmark="v2", num_frames=300), ["MSR-VTT"])
+    check_video_budget(proc, MMEBConfig(model="m", benchmark="v2", num_frames=300), ["OK-VQA"])  # no video

@@ -218,3 +218,13 @@ def test_videos_are_keyed_by_frame_content(tiny_encoder, video_items, monkeypatc
     twice = [{"text": "x", "video": video_items[0]["video"]}, {"text": "x", "video": video_items[4]["video"]}]
     out = tiny_encoder.encode(twice, show_progress=False)
     assert sum(calls) == 1 and np.array_equal(out[0], out[1])
+
+
+def test_video_sdpa_and_eager_agree(tiny_dir, video_items):
+    from moca_model import MoCaEncoder
+
+    sdpa = MoCaEncoder.from_pretrained(tiny_dir, device="cpu", attn_implementation="sdpa")
+    eager = MoCaEncoder.from_pretrained(tiny_dir, device="cpu", attn_implementation="eager")
+    a = sdpa.encode(video_items, batch_size=3, show_progress=False)
+    b = eager.encode(video_items, batch_size=5, show_progress=False)
+    assert np.abs(a - b).max() <= 1e-5
