@@ -6,8 +6,10 @@
 - Videos: the two lines disagree on the text that follows a video. 4.x (and Qwen2.5-VL's original code,
   which MoCa vendored) resumes at ``max(previous positions) + 1``, past the video's scaled temporal
   positions; 5.24 resumes at ``start + max(h, w) / merge`` and ignores the temporal extent, so text after
-  a long video reuses positions. Batches with a video therefore use :func:`video_rope_index`, the 4.x
-  rule written out here, on both lines (same embeddings in both environments).
+  a long video reuses positions (8 frames: no difference unless a frame is under 7 tokens wide; 64 frames:
+  every text token after the video moves). 4.57 also casts ``second_per_grid_ts`` to an integer before
+  scaling (0.5 s becomes 0). Batches with a video therefore use :func:`video_rope_index`, the 4.x rule
+  with 1.0 s per temporal patch written out here, on both lines (same embeddings in both environments).
 - The image processor: 5.x resolves ``Qwen2VLImageProcessor`` to a torchvision implementation when
   torchvision is installed; MoCa was trained with the PIL one (bicubic resize, rescale, CLIP
   normalisation), which is ``Qwen2VLImageProcessorPil`` on 5.x. We always use the PIL one.
