@@ -41,25 +41,40 @@ def hashed(tiny_dir, tiny_encoder, sample, tmp_path_factory):
     return run(_cfg(tiny_dir, sample, tmp), encoder=enc), enc, tmp
 
 
-def _expected(name: str, sample, tmp, *, n=8, pad=False, grade_order="correct") -> float:
+def _rows(name: str, sample, tmp, *, n=8, pad=False):
     if name in SAMPLE_TASKS_IMAGE:
-        rows, corpus = ex.image_task(sample, name, _IMAGE_PARSER[name])
-    elif name in SAMPLE_TASKS_VIDEO:
-        rows, corpus = ex.video_task(sample, name, n, pad)
-    else:
-        rows, corpus = ex.visdoc_task(sample, name, tmp / "cache" / "mmeb-v2-pages")
+        return ex.image_task(sample, name, _IMAGE_PARSER[name])
+    if name in SAMPLE_TASKS_VIDEO:
+        return ex.video_task(sample, name, n, pad)
+    return ex.visdoc_task(sample, name, tmp / "cache" / "mmeb-v2-pages")
+
+
+def _expected(name: str, sample, tmp, *, n=8, pad=False, grade_order="correct") -> float:
+    rows, corpus = _rows(name, sample, tmp, n=n, pad=pad)
     metric = "ndcg@5" if name in SAMPLE_TASKS_VISDOC else "hit@1"
     return ex.score(rows, corpus, local=name not in _GLOBAL, metric=metric, grade_order=grade_order)
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_scores_equal_an_independent_computation(hashed, sample, name):
+    from safetensors.numpy import load_file
+
     report, _, tmp = hashed
     d = report["datasets"][name]
     assert d["score"] == pytest.approx(_expected(name, sample, tmp), abs=1e-9)
     if "score_reference_grade_order" in d:
         assert d["score_reference_grade_order"] == pytest.approx(
             _expected(name, sample, tmp, grade_order="reference"), abs=1e-9)  # fmt: skip
+    # exactly the inputs the spec implies were encoded (every text byte, image and frame list included):
+    # the queries plus each candidate name's first occurrence
+    rows, corpus = _rows(name, sample, tmp)
+    pool: dict = {}
+    for cand, vec in [c for _, cands, _, _ in rows for c in cands] + corpus:
+        pool.setdefault(cand, vec)
+    expected = {tuple(np.round(v, 6)) for v in [q for q, *_ in rows] + list(pool.values())}
+    cached = load_file(str(tmp / "cache" / report["model"]["cache_key"] / f"v2__{name}.safetensors"))["embeddings"]
+    assert {tuple(np.round(v, 6)) for v in cached} == expected
+    assert (d["unique_items"], d["bad_rows"]) == (len(expected), 0)
 
 
 def test_semantics_the_fixture_pins(hashed):
