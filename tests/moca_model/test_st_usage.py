@@ -115,3 +115,22 @@ def test_resaving_with_sentence_transformers_loses_the_pil_processor(model, corp
     _, pages = corpus
     np.testing.assert_allclose(again.encode(["same text"]), model.encode(["same text"]), atol=1e-6)
     assert np.abs(again.encode(pages) - model.encode(pages)).max() > 1e-5  # images move
+
+
+def test_readme_example_runs(folder, tmp_path, monkeypatch):
+    """The README's six lines, verbatim except the model folder, retrieve pages for a query."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Use with sentence-transformers", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert len(code.strip().splitlines()) == 6
+    for i in (1, 2, 3):
+        draw_image(120 + 30 * i, 160, i).save(tmp_path / f"page{i}.png")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code.replace('"moca-3b-st"', repr(str(folder))), "README.md", "exec"), namespace)  # noqa: S102
+    hits = namespace["util"].semantic_search(namespace["query"], namespace["pages"], top_k=2)[0]
+    assert len(hits) == 2 and {h["corpus_id"] for h in hits} <= {0, 1, 2}
+    assert namespace["pages"].shape == (3, 64)
