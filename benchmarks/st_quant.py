@@ -210,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
             _child("st", passed)
             return 0
         result = evaluate(work, checkpoint)
+        if args.checkpoint is None:
+            where = "<work>" if args.work else "<temporary work dir>"
+            result["checkpoint"] = f"trained here: {where}/run/checkpoint-{args.steps}"
         cost = work / "train_cost.json"
         result["training"] = ({"steps": args.steps, "recipe": "configs/cl/demo.yaml, pages task only",
                                **json.loads(cost.read_text())} if args.checkpoint is None and cost.is_file()
