@@ -11,22 +11,12 @@ import json
 import numpy as np
 import pytest
 
-from .conftest import draw_image
+from .conftest import draw_image, st_export_ready
 
 PH = "<|vision_start|><|image_pad|><|vision_end|>"
 
 
-def _new_stack() -> bool:
-    try:
-        from moca_model.export_st import check_environment
-
-        check_environment()
-        return True
-    except Exception:
-        return False
-
-
-needs_st = pytest.mark.skipif(not _new_stack(), reason="needs sentence-transformers>=6.2, transformers>=5.2")
+needs_st = pytest.mark.skipif(not st_export_ready(), reason="needs sentence-transformers>=6.2, transformers>=5.2")
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +194,7 @@ def test_cli(tiny_dir, tmp_path, tiny_encoder):
         main([str(tiny_dir), str(tmp_path / "x"), "--prompt", "no-equals-sign"])
 
 
-@pytest.mark.skipif(_new_stack(), reason="checks the error on the old stack (.venv)")
+@pytest.mark.skipif(st_export_ready(), reason="checks the error on the old stack (.venv)")
 def test_export_refuses_an_old_stack(tiny_dir, tmp_path):
     from moca_model.export_st import ExportError, check_environment, main
 

@@ -14,19 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import draw_image
+from .conftest import draw_image, st_export_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN_PYTHON = ROOT / ".venv" / "bin" / "python"
 
 
 def _ready() -> str | None:
-    try:
-        from moca_model.export_st import check_environment
-
-        check_environment()
-    except Exception as exc:
-        return f"export needs the new stack: {exc}"
+    if not st_export_ready():
+        return "the export needs sentence-transformers>=6.2, transformers>=5.2"
     if not TRAIN_PYTHON.is_file():
         return f"no training interpreter at {TRAIN_PYTHON}"
     if subprocess.run([str(TRAIN_PYTHON), "-c", "import accelerate"], capture_output=True).returncode:

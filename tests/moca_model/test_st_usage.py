@@ -8,20 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .conftest import draw_image
+from .conftest import draw_image, st_export_ready
 
-
-def _new_stack() -> bool:
-    try:
-        from moca_model.export_st import check_environment
-
-        check_environment()
-        return True
-    except Exception:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _new_stack(), reason="needs sentence-transformers>=6.2, transformers>=5.2")
+pytestmark = pytest.mark.skipif(not st_export_ready(), reason="needs sentence-transformers>=6.2, transformers>=5.2")
 
 
 @pytest.fixture(scope="module")
