@@ -96,7 +96,8 @@ def export_checkpoint(
     check_environment()
     path = resolve_checkpoint(checkpoint)
     cfg = read_config(path)
-    stored = cfg.get("dtype") or cfg.get("torch_dtype") or cfg.get("text_config", {}).get("dtype") or "float32"
+    stored = cfg.get("dtype") or cfg.get("torch_dtype") or cfg.get("text_config", {}).get("dtype")
+    stored = stored if stored in ("float32", "bfloat16", "float16") else "float32"  # the weights' dtype, kept
 
     def load():  # float32 on the CPU: the reference numbers; the weights are written back in the stored dtype
         return MoCaEncoder.from_pretrained(
