@@ -98,6 +98,15 @@ def summary() -> str:
             f"same indices: {r['same_indices']}.",
             "",
         ]
+    r = load("mmeb_v2_cost")
+    if r:
+        lines += ["## MMEB-V2 cost model (forward passes after de-duplication; estimates, see docs/mmeb.md)",
+                  "| group | queries | unique inputs | naive passes | video inputs | frames | unknown corpora |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for label, g in [*r["modalities"].items(), *r["meta_tasks"].items(), ("overall", r["overall"])]:
+            lines.append(f"| {label} | {g['queries']} | {g['unique_inputs']} | {g['naive_passes']} | "
+                         f"{g['video_inputs']} | {g['frames']} | {g['tasks_with_unknown_corpus']} |")
+        lines.append("")
     lines += _st_summary(load)
     for name in ("mmeb_cost", "train_cpt", "train_cl"):
         r = load(name)

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from moca_model.images import MoCaInputError
 from moca_model.loading import default_attn_implementation, load_model, resolve_checkpoint
 from moca_model.processing_moca import Item, MoCaProcessor, normalize_item
+from moca_model.video import video_key
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +40,8 @@ def _image_key(src) -> tuple:
 
 
 def item_key(item: Item) -> tuple:
-    """Identity of an item for de-duplication: its text and the identity of each image."""
-    return (item.text, *(_image_key(src) for src in item.images))
+    """Identity of an item for de-duplication: its text, the identity of each image, the frames of each video."""
+    return (item.text, *(_image_key(src) for src in item.images), *(video_key(v) for v in item.videos))
 
 
 class MoCaEncoder:
@@ -69,6 +70,8 @@ class MoCaEncoder:
         max_length: int | None = None,
         revision: str | None = None,
         processor_name_or_path: str | Path | None = None,
+        video_min_pixels: int | None = None,
+        video_max_pixels: int | None = None,
     ) -> MoCaEncoder:
         """Load model and processor from a local directory or a hub id.
 
@@ -83,6 +86,8 @@ class MoCaEncoder:
             revision: hub revision.
             processor_name_or_path: where the tokenizer comes from when the checkpoint has none
                 (default: the checkpoint, then ``Qwen/Qwen2.5-VL-3B-Instruct``, as the reference does).
+            video_min_pixels: per-frame lower bound for videos (default 128 * 28²).
+            video_max_pixels: per-frame upper bound for videos (default 256 * 28²).
 
         Returns:
             A ready encoder.
@@ -99,7 +104,8 @@ class MoCaEncoder:
             proc_dir = path
         else:
             proc_dir = resolve_checkpoint(processor_name_or_path or DEFAULT_PROCESSOR)
-        settings = _given(min_pixels, max_pixels, max_length)
+        settings = _given(min_pixels=min_pixels, max_pixels=max_pixels, max_length=max_length,
+                          video_min_pixels=video_min_pixels, video_max_pixels=video_max_pixels)
         if proc_dir != path:  # the checkpoint's own moca_config.json still wins over the processor's
             settings = {**_moca_settings(path), **settings}
         processor = MoCaProcessor.from_pretrained(proc_dir, **settings)
@@ -125,7 +131,9 @@ class MoCaEncoder:
         Args:
             items: each a ``str``, a ``PIL.Image.Image``, or a mapping ``{"text": str | None,
                 "image": PIL | path | bytes | None}``; interleaved input is ``{"text": "... <|vision_start|>
-                <|image_pad|><|vision_end|> ...", "images": [...]}``.
+                <|image_pad|><|vision_end|> ...", "images": [...]}``; a video is ``{"text": ..., "video":
+                frame folder | [frames] | Video}`` (a folder is sampled to ``num_frames``, default 8, as
+                the MMEB-V2 reference does; see :mod:`moca_model.video`).
             batch_size: items per forward pass.
             show_progress: tqdm progress bar.
             desc: progress-bar label.
@@ -225,9 +233,8 @@ def _moca_settings(path: Path) -> dict:
     return json.loads(f.read_text()) if f.is_file() else {}
 
 
-def _given(min_pixels, max_pixels, max_length) -> dict:
-    given = {"min_pixels": min_pixels, "max_pixels": max_pixels, "max_length": max_length}
-    return {k: v for k, v in given.items() if v is not None}
+def _given(**settings) -> dict:
+    return {k: v for k, v in settings.items() if v is not None}
 
 
 __all__ = ["MoCaEncoder", "MoCaInputError", "item_key"]
