@@ -1,4 +1,4 @@
-"""Engine: exact resume, checkpoint layout, LR schedule, accumulation."""
+"""Engine: exact resume, checkpoint layout, accumulation (schedule and gradients: test_optim.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from safetensors.torch import save_file  # noqa: E402
 
 from moca_train.checkpoint import list_checkpoints
 from moca_train.config import TrainConfig  # noqa: E402
-from moca_train.engine import lr_factor, train  # noqa: E402
+from moca_train.engine import train  # noqa: E402
 
 
 class Toy(torch.nn.Module):
@@ -113,9 +113,3 @@ def test_keep_last_prunes_and_resume_none_restarts(tmp_path):
     assert len(again) == 4  # resumed at the end: history restored, nothing re-run
     lines = (tmp_path / "log.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [2, 4]
-
-
-def test_lr_schedule_warmup_then_linear_decay():
-    f = [lr_factor(s, warmup_steps=2, total_steps=6) for s in range(6)]
-    assert f[:2] == pytest.approx([1 / 3, 2 / 3])
-    assert f[2:] == pytest.approx([1.0, 0.75, 0.5, 0.25])
