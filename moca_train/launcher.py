@@ -63,6 +63,7 @@ def _fsdp_on_cpu(accelerator: Accelerator) -> None:
     accelerate 1.x enables FSDP only for accelerator device types (``AcceleratorState.__init__``); torch's
     ``fully_shard`` itself works on CPU with gloo. Only FSDP2 is switched on (FSDP1 needs CUDA).
     """
+    from accelerate.state import PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
     plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables that accelerate launch sets
@@ -72,4 +73,6 @@ def _fsdp_on_cpu(accelerator: Accelerator) -> None:
         plugin.set_mixed_precision(accelerator.mixed_precision)
     accelerator.state.fsdp_plugin = plugin
     accelerator.state.distributed_type = DistributedType.FSDP
+    # every later AcceleratorState() copies PartialState's fields over its own; accelerate sets both the same way
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
     logger.info("FSDP2 on %d CPU ranks (gloo)", accelerator.num_processes)
