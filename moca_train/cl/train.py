@@ -101,13 +101,15 @@ def _to_device(chunk: dict[str, torch.Tensor], device: torch.device) -> dict[str
 def deepspeed_backward(accelerator: Accelerator) -> tuple[Callable, Callable]:
     """``(backward, no_sync)`` that make a DeepSpeed engine step once after several backward passes.
 
-    accelerate's ``backward`` under DeepSpeed calls ``engine.step()`` whenever gradients sync, i.e. after
-    every backward outside gradient accumulation: GradCache's per-chunk backward passes would each take an
-    optimizer step on a partial gradient. Here every backward run inside ``no_sync()`` tells the engine it
-    is not at an accumulation boundary (gradients accumulate, no step); the last one, outside it, is the
-    boundary and steps (clipping, optimizer, scheduler) once.
+    accelerate's ``backward`` under DeepSpeed calls ``engine.step()`` after every backward outside gradient
+    accumulation (accelerate >= 1.x ``DeepSpeedEngineWrapper.backward``): GradCache's per-chunk backward
+    passes would each take an optimizer step on a partial gradient, with the weights changing between the
+    cached re-forwards. Here the engine is driven as DeepSpeed documents for manual accumulation
+    (``set_gradient_accumulation_boundary``): every backward inside ``no_sync()`` is not a boundary
+    (gradients accumulate), the last one is, and only it is followed by ``engine.step()`` (clipping,
+    optimizer, scheduler).
     """
-    wrapper = accelerator.deepspeed_engine_wrapped
+    engine = accelerator.deepspeed_engine_wrapped.engine
     boundary = [True]
 
     @contextlib.contextmanager
@@ -119,7 +121,10 @@ def deepspeed_backward(accelerator: Accelerator) -> tuple[Callable, Callable]:
             boundary[0] = True
 
     def backward(loss: torch.Tensor) -> None:
-        wrapper.backward(loss, sync_gradients=boundary[0])
+        engine.set_gradient_accumulation_boundary(boundary[0])
+        engine.backward(loss)
+        if boundary[0]:
+            engine.step()
 
     return backward, no_sync
 

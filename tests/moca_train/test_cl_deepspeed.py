@@ -2,9 +2,10 @@
 
 deepspeed is not installed here (it needs CUDA), so the engine is a stub that keeps DeepSpeedEngine's
 accumulation contract (deepspeed 0.14.4 ``runtime/engine.py``: ``backward`` accumulates; ``step`` updates
-only at a gradient-accumulation boundary, which ``set_gradient_accumulation_boundary`` overrides), while
-the accelerator side is accelerate's own code: ``Accelerator.backward`` and ``DeepSpeedEngineWrapper``,
-which calls ``engine.step()`` after every backward whose gradients sync.
+only at a gradient-accumulation boundary, which ``set_gradient_accumulation_boundary`` overrides). The
+accelerator side is accelerate's own ``Accelerator.backward`` and ``DeepSpeedEngineWrapper``, which call
+``engine.step()`` after every backward whose gradients sync: what the CL step used before it drove the
+boundary itself (it then took one optimizer step per GradCache chunk).
 """
 
 from __future__ import annotations

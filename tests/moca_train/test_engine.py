@@ -36,9 +36,10 @@ class Source:
     def __iter__(self):
         while True:
             g = torch.Generator().manual_seed(self.pos)
+            use_b = self.pos % 2 == 0  # TwoBranch uses its branch b on even batches only
             self.pos += 1
             x = torch.randn(5, 4, generator=g)
-            yield {"x": x, "y": x.sum(-1, keepdim=True)}
+            yield {"x": x, "y": x.sum(-1, keepdim=True), "use_b": use_b}
 
     def state_dict(self):
         return {"pos": self.pos}
@@ -138,26 +139,6 @@ class TwoBranch(torch.nn.Module):
         return self.a(x) + (self.b(x) if use_b else 0.0)
 
 
-class BranchSource:
-    """Batch k: 5 rows of a seeded stream; branch ``b`` is used on even k only."""
-
-    def __init__(self):
-        self.pos = 0
-
-    def __iter__(self):
-        while True:
-            g = torch.Generator().manual_seed(self.pos)
-            x = torch.randn(5, 4, generator=g)
-            yield {"x": x, "y": x.sum(-1, keepdim=True), "use_b": self.pos % 2 == 0}
-            self.pos += 1
-
-    def state_dict(self):
-        return {"pos": self.pos}
-
-    def load_state_dict(self, state):
-        self.pos = state["pos"]
-
-
 def _loss(model, batch):
     loss = torch.nn.functional.mse_loss(model(batch["x"], batch["use_b"]), batch["y"])
     return loss, {}
@@ -172,21 +153,21 @@ def _branch_cfg(out, **kw):
 def test_parameters_unused_in_a_step_still_move_as_under_ddp(tmp_path):
     # step 1 (k=0) runs at LR 0 (log warmup) but fills AdamW's moments; step 2 (k=1) does not use branch b:
     # DDP (and the reference's DeepSpeed) give b a zero gradient, so AdamW moves it by momentum and decay
-    train(model=TwoBranch(), batches=BranchSource(), cfg=_branch_cfg(tmp_path), loss_fn=_loss, save_model_fn=_save)
+    train(model=TwoBranch(), batches=Source(), cfg=_branch_cfg(tmp_path), loss_fn=_loss, save_model_fn=_save)
     w = [load_file(str(tmp_path / f"checkpoint-{k}" / "model.safetensors")) for k in (1, 2)]
     assert not torch.equal(w[0]["b.weight"], w[1]["b.weight"]) and not torch.equal(w[0]["b.bias"], w[1]["b.bias"])
 
 
 def test_clipping_threshold_and_logged_norm_are_in_the_reference_units(tmp_path):
     model = TwoBranch()
-    loss, _ = _loss(model, next(iter(BranchSource())))
+    loss, _ = _loss(model, next(iter(Source())))
     loss.backward()
     full = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in model.parameters()))  # step-1 gradient norm
     d = 4.0  # e.g. CL on 4 ranks: the accumulated gradient is 4x what max_grad_norm refers to
-    kw = dict(model=TwoBranch(), batches=BranchSource(), loss_fn=_loss, save_model_fn=_save)
+    kw = dict(model=TwoBranch(), batches=Source(), loss_fn=_loss, save_model_fn=_save)
     scaled = train(**kw, cfg=_branch_cfg(tmp_path / "a", max_grad_norm=full / d / 3), grad_norm_divisor=d)
     assert scaled[0]["grad_norm"] == pytest.approx(full / d, rel=1e-6)
-    kw["model"], kw["batches"] = TwoBranch(), BranchSource()
+    kw["model"], kw["batches"] = TwoBranch(), Source()
     plain = train(**kw, cfg=_branch_cfg(tmp_path / "b", max_grad_norm=full / 3))  # the same threshold in plain units
     for k in (1, 2, 3):
         a = load_file(str(tmp_path / "a" / f"checkpoint-{k}" / "model.safetensors"))
