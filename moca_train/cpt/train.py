@@ -134,6 +134,11 @@ def run(cfg: CPTConfig) -> list[dict[str, float]]:
     from moca_train.modeling import build_model
 
     accelerator = build_accelerator(cfg.train)
+    if accelerator.num_processes > 1 and not cfg.data.dummy_image:
+        raise ValueError(
+            "--data.dummy_image: must be true with several ranks: a rank whose micro-batch has no image would skip "
+            "the vision tower (DDP's reducer then fails, FSDP / ZeRO-3 ranks wait for each other forever)"
+        )
     torch.manual_seed(cfg.train.seed)  # MAE projection init
     encoder, processor = build_model(cfg.model)
     mask_id = add_mask_token(processor.tokenizer, encoder, cfg.objective.mask_token) if cfg.objective.use_mlm else None
