@@ -15,10 +15,12 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from benchmarks.common import RESULTS
 
 logger = logging.getLogger(__name__)
+MTEB_PYTHON = Path(__file__).resolve().parents[1] / ".venv-mteb" / "bin" / "python"
 
 JOBS = {
     "encode_tiny": ["benchmarks.encode", "--size", "tiny", "--queries", "96", "--pages", "48"],
@@ -28,7 +30,10 @@ JOBS = {
     "mmeb_cost": ["benchmarks.mmeb_cost"],
     "train_cpt": ["benchmarks.train_cpt", "--steps", "40"],
     "train_cl": ["benchmarks.train_cl", "--steps", "30"],
+    "st_encode_mid": ["benchmarks.st_encode", "--size", "mid", "--queries", "64", "--pages", "32", "--repeats", "2"],
+    "st_quant": ["benchmarks.st_quant", "--steps", "200"],  # trains here (.venv), evaluates with .venv-mteb
 }
+PYTHON_FOR = {"st_encode_mid": MTEB_PYTHON}  # sentence-transformers 6.2 lives in .venv-mteb
 
 
 def _fmt(x) -> str:
@@ -93,12 +98,44 @@ def summary() -> str:
             f"same indices: {r['same_indices']}.",
             "",
         ]
+    lines += _st_summary(load)
     for name in ("mmeb_cost", "train_cpt", "train_cl"):
         r = load(name)
         if r:
             body = {k: v for k, v in r.items() if k != "environment"}
             lines += [f"## {name}", "```", json.dumps(body, indent=1, default=_fmt)[:3000], "```", ""]
     return "\n".join(lines) + "\n"
+
+
+def _st_summary(load) -> list[str]:
+    """The sentence-transformers export: encode cost vs MoCaEncoder, and what int8 / binary embeddings keep."""
+    lines = []
+    r = load("st_encode_mid")
+    if r:
+        lines += [
+            f"## sentence-transformers export vs MoCaEncoder (mid random model, {r['n_items']} mixed items)",
+            "| | wall s | CPU s | items/s | peak RSS MB |",
+            "|---|---|---|---|---|",
+            *[f"| {n} | {r[k]['wall_s_best']} | {r[k]['cpu_s_of_best']} | {r[k]['items_per_s']} | "
+              f"{r[k]['peak_rss_mb']} |" for n, k in (("MoCaEncoder", "moca"), ("MoCaEncoder inline", "moca_inline"),
+                                                     ("sentence-transformers", "st"))],
+            f"\nsentence-transformers takes **{r['wall_ratio_moca_vs_st']}x** MoCaEncoder's wall time "
+            f"({r['wall_ratio_moca_inline_vs_st']}x vs inline) and {r['cpu_ratio_moca_vs_st']}x its CPU time; "
+            f"max |diff| {r['max_abs_diff_st_vs_moca']:.1e}.",
+            "",
+        ]  # fmt: skip
+    r = load("st_quant")
+    if r:
+        lines += [
+            f"## Quantized embeddings on the demo pages ({r['queries']} queries, {r['pages']} pages, dim {r['dim']}; "
+            f"chance {r['chance_ndcg@5']})",
+            "| variant | bytes/page | nDCG@5 [95% CI] | vs float32 [95% CI] |",
+            "|---|---|---|---|",
+            *[f"| {n} | {v['bytes_per_page']} | {v['ndcg@5']} {v['ci95']} | {v['delta_vs_float32']:+} "
+              f"{v['delta_ci95']} |" for n, v in r["variants"].items()],
+            "",
+        ]  # fmt: skip
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,7 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in [] if args.summary_only else (args.only or list(JOBS)):
         t0 = time.perf_counter()
         logger.info("== %s", name)
-        rc = subprocess.run([sys.executable, "-m", *JOBS[name]], env=env).returncode
+        python = PYTHON_FOR.get(name, Path(sys.executable))
+        if not python.is_file():
+            logger.error("== %s needs %s (make env)", name, python)
+            failed.append(name)
+            continue
+        rc = subprocess.run([str(python), "-m", *JOBS[name]], env=env).returncode
         logger.info("== %s: rc %d in %.0f s", name, rc, time.perf_counter() - t0)
         if rc:
             failed.append(name)

@@ -6,9 +6,13 @@ A prompt that follows an image is appended after the image placeholder, which
 
 from __future__ import annotations
 
-# ViDoRe (reference retriever): queries are raw text; pages get this text after the image.
-VIDORE_QUERY_PROMPT = ""
-VIDORE_DOCUMENT_PROMPT = "\nRepresent the given document image."
+from moca_model.prompts import (  # noqa: F401 (they live with the model: the sentence-transformers export reads them)
+    IMAGE_INSTRUCTION,
+    IMAGE_QUESTION_INSTRUCTION,
+    IMAGE_TEXT_INSTRUCTION,
+    VIDORE_DOCUMENT_PROMPT,
+    VIDORE_QUERY_PROMPT,
+)
 
 # --- MTEB (moca_bench.mteb_models) ----------------------------------------------------------------
 # What MoCa reads for one mteb input. The image, when there is one, always comes first; the text
@@ -28,9 +32,9 @@ VIDORE_DOCUMENT_PROMPT = "\nRepresent the given document image."
 # for image inputs the MMEB wording below; text gets none.
 PAGE_TASK_TYPES = frozenset({"DocumentUnderstanding"})
 PAGE_TASK_PREFIXES = ("VisRAGRet",)  # page-image corpora filed under task type "Retrieval"
-MTEB_IMAGE_INSTRUCTION = "Represent the given image."
-MTEB_IMAGE_QUESTION_INSTRUCTION = "Represent the given image with the following question:"  # image+text query
-MTEB_IMAGE_TEXT_INSTRUCTION = "Represent the given image with related text information:"  # image+text document
+MTEB_IMAGE_INSTRUCTION = IMAGE_INSTRUCTION
+MTEB_IMAGE_QUESTION_INSTRUCTION = IMAGE_QUESTION_INSTRUCTION  # image+text query
+MTEB_IMAGE_TEXT_INSTRUCTION = IMAGE_TEXT_INSTRUCTION  # image+text document
 
 
 def is_page_task(task_name: str, task_type: str | None) -> bool:
