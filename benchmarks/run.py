@@ -1,10 +1,9 @@
-"""``make bench``: run every CPU benchmark (about 10 minutes on 2 cores) and write a Markdown summary.
+"""``make bench``: run every CPU benchmark (about 15 minutes on 2 cores) and write a Markdown summary.
 
 Each benchmark is its own module (``python -m benchmarks.<name>``) writing ``results/benchmarks/<name>.json``;
 this script runs them in sequence with sizes that fit the budget, then renders
 ``results/benchmarks/SUMMARY.md`` from whatever JSON files exist. ``--only NAME ...`` runs a subset,
-``--summary-only`` just re-renders the summary. Jobs in ``MTEB_JOBS`` run with ``.venv-mteb/bin/python`` (mteb 2.x
-lives there); the others with this interpreter. The GPU check is separate (``benchmarks/gpu_check.sh``).
+``--summary-only`` just re-renders the summary. The GPU check is separate (``benchmarks/gpu_check.sh``).
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from pathlib import Path
 from benchmarks.common import RESULTS
 
 logger = logging.getLogger(__name__)
+MTEB_PYTHON = Path(__file__).resolve().parents[1] / ".venv-mteb" / "bin" / "python"
 
 JOBS = {
     "encode_tiny": ["benchmarks.encode", "--size", "tiny", "--queries", "96", "--pages", "48"],
@@ -30,12 +30,14 @@ JOBS = {
     "mmeb_cost": ["benchmarks.mmeb_cost"],
     "train_cpt": ["benchmarks.train_cpt", "--steps", "40"],
     "train_cl": ["benchmarks.train_cl", "--steps", "30"],
+    "st_encode_mid": ["benchmarks.st_encode", "--size", "mid", "--queries", "64", "--pages", "32", "--repeats", "2"],
+    "st_quant": ["benchmarks.st_quant", "--steps", "200"],  # trains here (.venv), evaluates with .venv-mteb
     "cache_mteb": ["benchmarks.cache_mteb", "--pages", "32", "--queries", "8"],
     "cache_vidore": ["benchmarks.cache_vidore", "--pages", "32", "--queries", "16"],
     "devices": ["benchmarks.devices", "--queries", "48", "--pages", "24"],
 }
-MTEB_JOBS = {"cache_mteb"}
-MTEB_PYTHON = Path(__file__).resolve().parents[1] / ".venv-mteb" / "bin" / "python"
+# sentence-transformers 6.2 and mteb 2.x live in .venv-mteb
+PYTHON_FOR = {"st_encode_mid": MTEB_PYTHON, "cache_mteb": MTEB_PYTHON}
 
 
 def _fmt(x) -> str:
@@ -100,6 +102,16 @@ def summary() -> str:
             f"same indices: {r['same_indices']}.",
             "",
         ]
+    r = load("mmeb_v2_cost")
+    if r:
+        lines += ["## MMEB-V2 cost model (forward passes after de-duplication; estimates, see docs/mmeb.md)",
+                  "| group | queries | unique inputs | naive passes | video inputs | frames | unknown corpora |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for label, g in [*r["modalities"].items(), *r["meta_tasks"].items(), ("overall", r["overall"])]:
+            lines.append(f"| {label} | {g['queries']} | {g['unique_inputs']} | {g['naive_passes']} | "
+                         f"{g['video_inputs']} | {g['frames']} | {g['tasks_with_unknown_corpus']} |")
+        lines.append("")
+    lines += _st_summary(load)
     lines += _throughput_sections(load)
     for name in ("mmeb_cost", "train_cpt", "train_cl"):
         r = load(name)
@@ -151,6 +163,36 @@ def _throughput_sections(load) -> list[str]:
             f"max |diff| {r['max_abs_diff']:.1e}.",
             "",
         ]
+
+
+def _st_summary(load) -> list[str]:
+    """The sentence-transformers export: encode cost vs MoCaEncoder, and what int8 / binary embeddings keep."""
+    lines = []
+    r = load("st_encode_mid")
+    if r:
+        lines += [
+            f"## sentence-transformers export vs MoCaEncoder (mid random model, {r['n_items']} mixed items)",
+            "| | wall s | CPU s | items/s | peak RSS MB |",
+            "|---|---|---|---|---|",
+            *[f"| {n} | {r[k]['wall_s_best']} | {r[k]['cpu_s_of_best']} | {r[k]['items_per_s']} | "
+              f"{r[k]['peak_rss_mb']} |" for n, k in (("MoCaEncoder", "moca"), ("MoCaEncoder inline", "moca_inline"),
+                                                     ("sentence-transformers", "st"))],
+            f"\nsentence-transformers takes **{r['wall_ratio_moca_vs_st']}x** MoCaEncoder's wall time "
+            f"({r['wall_ratio_moca_inline_vs_st']}x vs inline) and {r['cpu_ratio_moca_vs_st']}x its CPU time; "
+            f"max |diff| {r['max_abs_diff_st_vs_moca']:.1e}.",
+            "",
+        ]  # fmt: skip
+    r = load("st_quant")
+    if r:
+        lines += [
+            f"## Quantized embeddings on the demo pages ({r['queries']} queries, {r['pages']} pages, dim {r['dim']}; "
+            f"chance {r['chance_ndcg@5']})",
+            "| variant | bytes/page | nDCG@5 [95% CI] | vs float32 [95% CI] |",
+            "|---|---|---|---|",
+            *[f"| {n} | {v['bytes_per_page']} | {v['ndcg@5']} {v['ci95']} | {v['delta_vs_float32']:+} "
+              f"{v['delta_ci95']} |" for n, v in r["variants"].items()],
+            "",
+        ]  # fmt: skip
     return lines
 
 
@@ -166,12 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in [] if args.summary_only else (args.only or list(JOBS)):
         t0 = time.perf_counter()
         logger.info("== %s", name)
-        python = str(MTEB_PYTHON) if name in MTEB_JOBS else sys.executable
-        if not Path(python).is_file():
-            logger.warning("== %s skipped: %s not found (make env)", name, python)
+        python = PYTHON_FOR.get(name, Path(sys.executable))
+        if not python.is_file():
+            logger.error("== %s needs %s (make env)", name, python)
             failed.append(name)
             continue
-        rc = subprocess.run([python, "-m", *JOBS[name]], env=env).returncode
+        rc = subprocess.run([str(python), "-m", *JOBS[name]], env=env).returncode
         logger.info("== %s: rc %d in %.0f s", name, rc, time.perf_counter() - t0)
         if rc:
             failed.append(name)

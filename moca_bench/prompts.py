@@ -13,9 +13,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-# ViDoRe (reference retriever): queries are raw text; pages get this text after the image.
-VIDORE_QUERY_PROMPT = ""
-VIDORE_DOCUMENT_PROMPT = "\nRepresent the given document image."
+from moca_model.prompts import (  # noqa: F401 (they live with the model: the sentence-transformers export reads them)
+    IMAGE_INSTRUCTION,
+    IMAGE_QUESTION_INSTRUCTION,
+    IMAGE_TEXT_INSTRUCTION,
+    VIDORE_DOCUMENT_PROMPT,
+    VIDORE_QUERY_PROMPT,
+)
 
 # --- MTEB (moca_bench.mteb_models) ----------------------------------------------------------------
 # What MoCa reads for one mteb input: the image first (if any), then
@@ -35,9 +39,9 @@ PAGE_CORPUS_CATEGORY = "t2it"
 SCREENSHOT_TASK_PREFIXES = ("VisRAGRet",)
 SCREENSHOT_TASKS = frozenset({"VDRMultilingualRetrieval", "OmniWikiV2IRetrieval"})
 
-MTEB_IMAGE_INSTRUCTION = "Represent the given image."
-MTEB_IMAGE_QUESTION_INSTRUCTION = "Represent the given image with the following question:"  # image+text query
-MTEB_IMAGE_TEXT_INSTRUCTION = "Represent the given image with related text information:"  # image+text document
+MTEB_IMAGE_INSTRUCTION = IMAGE_INSTRUCTION
+MTEB_IMAGE_QUESTION_INSTRUCTION = IMAGE_QUESTION_INSTRUCTION  # image+text query
+MTEB_IMAGE_TEXT_INSTRUCTION = IMAGE_TEXT_INSTRUCTION  # image+text document
 
 # MMEB-train/-eval classification wording (VLM2Vec Tables 7-10; stored without a final period).
 MMEB_CLASSIFICATION = "Represent the given image for classification"

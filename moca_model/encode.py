@@ -83,6 +83,8 @@ class MoCaEncoder:
         cache_dir: str | Path | None = None,
         cache_memory_mb: float = DEFAULT_MEMORY_MB,
         worker_threads: int | None = None,
+        video_min_pixels: int | None = None,
+        video_max_pixels: int | None = None,
     ) -> MoCaEncoder:
         """Load model and processor from a local directory or a hub id.
 
@@ -103,6 +105,8 @@ class MoCaEncoder:
             cache_dir: persistent embedding cache root (vectors go to ``<cache_dir>/embeddings``).
             cache_memory_mb: in-memory cache bound in MiB (0: none).
             worker_threads: torch threads per device worker (default: the CPUs divided among them).
+            video_min_pixels: per-frame lower bound for videos (default 128 * 28²).
+            video_max_pixels: per-frame upper bound for videos (default 256 * 28²).
 
         Returns:
             A ready encoder.
@@ -110,8 +114,9 @@ class MoCaEncoder:
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
         path = resolve_checkpoint(name_or_path, revision=revision)
-        processor, proc_dir = load_processor(path, processor_name_or_path, min_pixels=min_pixels,
-                                             max_pixels=max_pixels, max_length=max_length)  # fmt: skip
+        pixels = {"min_pixels": min_pixels, "max_pixels": max_pixels, "max_length": max_length,
+                  "video_min_pixels": video_min_pixels, "video_max_pixels": video_max_pixels}  # fmt: skip
+        processor, proc_dir = load_processor(path, processor_name_or_path, **pixels)
         memory_only = cache_dir is None
         cache = EmbeddingCache(
             memory_mb=cache_memory_mb,
@@ -122,8 +127,8 @@ class MoCaEncoder:
         if worker_devices and len(worker_devices) == 1:  # one device: no worker process needed
             device, worker_devices = worker_devices[0], None
         if worker_devices:
-            load = {"dtype": dtype, "attn_implementation": attn_implementation, "min_pixels": min_pixels,
-                    "max_pixels": max_pixels, "max_length": max_length, "processor_name_or_path": proc_dir}  # fmt: skip
+            load = {"dtype": dtype, "attn_implementation": attn_implementation, "processor_name_or_path": proc_dir,
+                    **pixels}  # fmt: skip
             factory = functools.partial(_worker_encoder, str(path), load)
             return cls(None, processor, cache=cache, pool=DevicePool(factory, worker_devices, threads=worker_threads))
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -148,6 +153,7 @@ class MoCaEncoder:
             "attn_implementation": self.model.attn_implementation,
             "bidirectional": bool(self.model.bidirectional),
             "min_pixels": proc.min_pixels, "max_pixels": proc.max_pixels, "max_length": proc.max_length,
+            "video_min_pixels": proc.video_min_pixels, "video_max_pixels": proc.video_max_pixels,
             "image": [ip.patch_size, ip.temporal_patch_size, ip.merge_size, list(ip.image_mean), list(ip.image_std)],
         }  # fmt: skip
 
@@ -165,7 +171,9 @@ class MoCaEncoder:
         Args:
             items: each a ``str``, a ``PIL.Image.Image``, or a mapping ``{"text": str | None,
                 "image": PIL | path | bytes | None}``; interleaved input is ``{"text": "... <|vision_start|>
-                <|image_pad|><|vision_end|> ...", "images": [...]}``.
+                <|image_pad|><|vision_end|> ...", "images": [...]}``; a video is ``{"text": ..., "video":
+                frame folder | [frames] | Video}`` (a folder is sampled to ``num_frames``, default 8, as
+                the MMEB-V2 reference does; see :mod:`moca_model.video`).
             batch_size: items per forward pass.
             show_progress: tqdm progress bar.
             desc: progress-bar label.
