@@ -66,7 +66,14 @@ def encoder_settings(encoder, cfg: MMEBConfig) -> dict:
     """Everything besides the checkpoint files that changes the vectors (part of the cache key)."""
     import moca_model
 
-    return {**encoder.vector_settings(), "processor": cfg.processor, "moca_model": moca_model.__version__}
+    model, proc = encoder.model, encoder.processor
+    return {
+        "dtype": str(next(model.parameters()).dtype),
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
+        "bidirectional": bool(model.bidirectional),  # the runtime attention mode, not the config's
+        "min_pixels": proc.min_pixels, "max_pixels": proc.max_pixels, "max_length": proc.max_length,
+        "processor": cfg.processor, "moca_model": moca_model.__version__,
+    }  # fmt: skip
 
 
 def load_subsets(cfg: MMEBConfig, names: list[str], ctx: dist.DistContext) -> dict[str, SubsetData]:

@@ -22,7 +22,6 @@ class CountingEncoder:
     def __init__(self, inner, *, kill_on_call: int | None = None):
         self.inner, self.kill_on_call, self.calls = inner, kill_on_call, []
         self.processor, self.model, self.device, self.dim = inner.processor, inner.model, inner.device, inner.dim
-        self.vector_settings = inner.vector_settings
 
     def encode(self, items, **kwargs):
         self.calls.append(len(items))
