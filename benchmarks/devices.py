@@ -5,7 +5,9 @@ Same random model, same mixed corpus (short queries + pages of 256..1024 visual 
 side uses exactly the threads it names. The pool's start-up (spawning, loading the model in each
 worker) is timed separately: it is paid once per process, not per call. Reports items/s, the ratio,
 the largest difference between the two results, and CPU seconds (this process, and the workers from
-``/proc``). Writes ``results/benchmarks/devices.json``.
+``/proc``). On a shared machine the ratio is bounded by the CPU the scheduler grants: ``parallel_cores``
+is the CPU two concurrent busy loops got, measured just before (2.0 on an idle 2-core machine; 1.0
+means a second process gains nothing, whatever the code does). Writes ``results/benchmarks/devices.json``.
 
     python -m benchmarks.devices [--queries 48] [--pages 24] [--size mid] [--repeats 2]
 """
@@ -15,6 +17,8 @@ from __future__ import annotations
 import argparse
 import logging
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +44,17 @@ def _cpu_seconds(pids: list[int]) -> float:
         except (OSError, IndexError, ValueError):
             pass
     return total
+
+
+BUSY = "import time\nt=time.perf_counter();c=time.process_time()\nwhile time.perf_counter()-t<{s}:pass\n" \
+       "print((time.process_time()-c)/(time.perf_counter()-t))"
+
+
+def parallel_cores(seconds: float = 2.0) -> float:
+    """CPU cores two concurrent single-threaded busy loops actually got (sum of their CPU/wall ratios)."""
+    procs = [subprocess.Popen([sys.executable, "-c", BUSY.format(s=seconds)], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]  # fmt: skip
+    return round(sum(float(p.communicate()[0]) for p in procs), 2)
 
 
 def _timed(encoder, items: list, batch_size: int, repeats: int, pids: list[int]) -> tuple[dict, np.ndarray]:
@@ -68,6 +83,7 @@ def run(checkpoint: Path, n_queries: int, n_pages: int, batch_size: int, repeats
     items = make_corpus(n_queries, n_pages)
     result: dict = {"n_items": len(items), "n_queries": n_queries, "n_pages": n_pages, "batch_size": batch_size}
     torch.set_num_threads(1)
+    result["parallel_cores"] = parallel_cores()
     one = MoCaEncoder.from_pretrained(checkpoint, device="cpu", cache_memory_mb=0, **paper)
     one.encode(items[:4], show_progress=False, num_workers=0)  # warm-up
     result["one_process"], reference = _timed(one, items, batch_size, repeats, [])
