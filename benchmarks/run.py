@@ -164,6 +164,7 @@ def _throughput_sections(load) -> list[str]:
             f"{r.get('parallel_cores', '-')} (2.0 on an idle 2-core machine).",
             "",
         ]
+    return lines
 
 
 def _st_summary(load) -> list[str]:
