@@ -9,8 +9,8 @@ import os
 import numpy as np
 import pytest
 
-from moca_model import MoCaEncoder, MoCaInputError
-from moca_model.parallel import MoCaWorkerError, parse_devices
+from moca_model import MoCaEncoder, MoCaInputError, MoCaWorkerError
+from moca_model.parallel import parse_devices
 
 from .conftest import draw_image
 
