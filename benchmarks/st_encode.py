@@ -65,7 +65,7 @@ def run(size: str, n_queries: int, n_pages: int, batch_size: int, repeats: int) 
                     "max_length": DEFAULT_MAX_LENGTH}  # fmt: skip
         (src / "moca_config.json").write_text(json.dumps(settings))  # MoCa's bounds, as in encode.py
         folder = export_checkpoint(src, Path(tmp) / "st")
-        enc = MoCaEncoder.from_pretrained(src, device="cpu")
+        enc = MoCaEncoder.from_pretrained(src, device="cpu", cache_memory_mb=0)  # every repeat must really encode
         st = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
     items = make_corpus(n_queries, n_pages)
     enc.encode(items[:4], show_progress=False)  # warm-up both

@@ -17,7 +17,7 @@ import torch
 from transformers import Qwen2_5_VLModel
 from transformers.utils import ModelOutput
 
-from moca_model.bidirectional import attention_mask_for, set_causal
+from moca_model.bidirectional import decoder_mask, set_causal
 from moca_model.compat import check_transformers_version, rope_index
 from moca_model.pooling import l2_normalize, mean_pool
 
@@ -43,6 +43,7 @@ class MoCaModel(Qwen2_5_VLModel):
     def __init__(self, config):
         super().__init__(config)
         self.bidirectional = True
+        self.unpadded_fast_path = True  # no mask for batches without padding (see moca_model.bidirectional)
         set_causal(self.language_model, causal=False)
 
     def set_bidirectional(self, bidirectional: bool) -> None:
@@ -93,7 +94,9 @@ class MoCaModel(Qwen2_5_VLModel):
             )
         mask = attention_mask
         if self.bidirectional:
-            mask = attention_mask_for(attention_mask, implementation=self.attn_implementation, dtype=self.dtype)
+            mask = decoder_mask(
+                attention_mask, implementation=self.attn_implementation, dtype=self.dtype, fast=self.unpadded_fast_path
+            )
         out = super().forward(
             input_ids=input_ids,
             attention_mask=mask,

@@ -16,6 +16,7 @@ Shapes: T tokens, P patch rows (1176 values each), I images, V videos.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -27,9 +28,17 @@ import torch
 from PIL import Image
 
 from moca_model.compat import pil_image_processor_class
-from moca_model.images import MoCaInputError, fitted_size, open_image, to_rgb
+from moca_model.images import MoCaInputError, fitted_size, image_key, open_image, to_rgb
 from moca_model.patchify import patchify, smart_resize
-from moca_model.video import DEFAULT_NUM_FRAMES, Video, decode_frames, frame_sizes, patchify_video, video_grid
+from moca_model.video import (
+    DEFAULT_NUM_FRAMES,
+    Video,
+    decode_frames,
+    frame_sizes,
+    patchify_video,
+    video_grid,
+    video_key,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +131,24 @@ def _place(text: str, placeholder: str, n: int, kind: str, index: int) -> str:
     if found != n:
         raise MoCaInputError(f"item {index}: {found} {kind} placeholders for {n} {kind}s")
     return text
+
+
+def item_key(item: Item, index: int = 0) -> str:
+    """Content key of a normalised item: its exact text, each image's content key and each video's frames.
+
+    Two items share a key only when the model would read the same tokens and the same pixels
+    (:func:`moca_model.images.image_key` states the rule; a video is keyed by its frames, in order).
+
+    Raises:
+        MoCaInputError: an image or frame that cannot be read or has an unsupported type; names ``index``.
+    """
+    text = item.text.encode("utf-8")
+    digest = hashlib.blake2b(len(text).to_bytes(8, "little") + text, digest_size=16)
+    for src in item.images:
+        digest.update(image_key(src, index).encode())  # fixed-length keys: no separator needed
+    for video in item.videos:
+        digest.update(b"v" + video_key(video, index).encode())
+    return digest.hexdigest()
 
 
 class MoCaProcessor:

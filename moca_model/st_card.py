@@ -119,7 +119,6 @@ Same numbers (<= 1e-5 in float32) for text, images and image + text. Where they 
 - **Image repairs**: MoCaEncoder stretches sides under 28 px, pads aspect ratios over 200 and rescales
   16-bit/float images; here transformers resizes small images directly, rejects aspect ratios over 200,
   and clips 16-bit images. Pass such images through `moca_model.images.to_rgb(image, 0)` first.
-- **EXIF**: image files and PIL images with an EXIF orientation are rotated upright here, not in MoCaEncoder.
 - **Strings**: a string naming an existing image file is read as an image; MoCaEncoder reads strings as text.
   `bytes` are not accepted here; open them with PIL.
 - **bfloat16/float16**: sentence-transformers' Pooling returns the mean in the model dtype (MoCaEncoder keeps

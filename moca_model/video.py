@@ -26,7 +26,6 @@ Shapes: F frames, H x W resized frame, T = temporal patch (2), P = (F / T) * (H 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Sequence
@@ -38,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from moca_model.images import MoCaInputError, fitted_size, open_image, to_rgb
+from moca_model.images import MoCaInputError, fitted_size, image_key, open_image, to_rgb
 from moca_model.patchify import _lookup_table, smart_resize
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")  # reference IMAGE_EXTENSIONS
@@ -153,28 +152,17 @@ class Video:
         return str(first) if isinstance(first, (str, os.PathLike)) else f"{len(self.frames)} in-memory frames"
 
 
-def frame_digest(frame) -> str:
-    """Content digest of one frame: sha1 of the file's bytes, of encoded bytes, or of a PIL image's pixels.
+def video_key(video: Video, index: int = 0) -> str:
+    """Content key of a video: its frames' content keys in order (not their paths or folder).
 
-    A missing file digests to ``"missing:<path>"`` so the item still has a key (it fails later, with a
-    message, when its length is estimated).
+    Frames follow :func:`moca_model.images.image_key` (file bytes, or converted pixels for PIL frames), so
+    two folders holding the same frames share a key and the same folder sampled differently does not.
+
+    Raises:
+        MoCaInputError: no frames, or a missing or unreadable frame (names item ``index``).
     """
-    if isinstance(frame, Image.Image):
-        return "pil:" + hashlib.sha1(frame.mode.encode() + str(frame.size).encode() + frame.tobytes()).hexdigest()
-    if isinstance(frame, (bytes, bytearray, memoryview)):
-        return hashlib.sha1(bytes(frame)).hexdigest()
-    try:
-        return hashlib.sha1(Path(frame).read_bytes()).hexdigest()
-    except OSError:
-        return f"missing:{frame}"
-
-
-def video_key(video: Video) -> tuple:
-    """De-duplication key of a video: the content of its frames, in order (not their paths or folder).
-
-    Two folders holding the same frames share a key; the same folder sampled differently does not.
-    """
-    return ("video", *(frame_digest(f) for f in video.frames))
+    _check(video, index)
+    return image_key(video.frames, index)
 
 
 def _check(video: Video, index: int) -> None:

@@ -51,7 +51,8 @@ def tiny_legacy_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_encoder(tiny_dir):
-    """A MoCaEncoder on the tiny checkpoint (CPU, fp32, SDPA). Do not mutate it in tests."""
+    """A MoCaEncoder on the tiny checkpoint (CPU, fp32, SDPA), without a cache (every call really encodes,
+    so comparisons between calls mean something). Do not mutate it in tests."""
     from moca_model import MoCaEncoder
 
-    return MoCaEncoder.from_pretrained(tiny_dir, device="cpu")
+    return MoCaEncoder.from_pretrained(tiny_dir, device="cpu", cache_memory_mb=0)

@@ -70,6 +70,7 @@ def encoder_settings(encoder, cfg: MMEBConfig) -> dict:
     return {
         "dtype": str(next(model.parameters()).dtype),
         "attn_implementation": getattr(model.config, "_attn_implementation", None),
+        "bidirectional": bool(model.bidirectional),  # the runtime attention mode, not the config's
         "min_pixels": proc.min_pixels, "max_pixels": proc.max_pixels, "max_length": proc.max_length,
         "processor": cfg.processor, "moca_model": moca_model.__version__,
     }  # fmt: skip

@@ -213,8 +213,8 @@ def test_video_batch_order_and_size_invariance(tiny_encoder, video_items):
 def test_videos_are_keyed_by_frame_content(tiny_encoder, video_items, monkeypatch):
     first, copy = (normalize_item(video_items[i], i) for i in (0, 4))
     assert video_key(first.videos[0]) == video_key(copy.videos[0])
-    calls, forward = [], tiny_encoder._forward
-    monkeypatch.setattr(tiny_encoder, "_forward", lambda x: calls.append(len(x["input_ids"])) or forward(x))
+    calls, forward = [], tiny_encoder.forward_batch
+    monkeypatch.setattr(tiny_encoder, "forward_batch", lambda x: calls.append(len(x["input_ids"])) or forward(x))
     twice = [{"text": "x", "video": video_items[0]["video"]}, {"text": "x", "video": video_items[4]["video"]}]
     out = tiny_encoder.encode(twice, show_progress=False)
     assert sum(calls) == 1 and np.array_equal(out[0], out[1])
