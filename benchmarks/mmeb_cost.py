@@ -6,7 +6,7 @@ de-duplication (``moca_bench.mmeb.data.build_subset``) and counts the unique inp
 against one forward pass per query and per listed candidate. Writes ``results/benchmarks/mmeb_cost.json``.
 
 MMEB-V2 (78 tasks): forward passes and decoded frames per task, meta-task and modality from the published
-task sizes and per-family assumptions (``moca_bench.mmeb.v2_cost``). Writes ``results/benchmarks/mmeb_v2_cost.json``.
+task sizes and per-family assumptions (``moca_bench.mmeb.v2.cost``). Writes ``results/benchmarks/mmeb_v2_cost.json``.
 
     python -m benchmarks.mmeb_cost
 """
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         without_d / with_d,
         write_result("mmeb_cost", result),
     )
-    from moca_bench.mmeb.v2_cost import v2_costs
+    from moca_bench.mmeb.v2.cost import v2_costs
 
     v2 = v2_costs()
     o = v2["overall"]

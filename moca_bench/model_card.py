@@ -6,7 +6,7 @@ without mteb.
 
 from __future__ import annotations
 
-from moca_model.st_card import MOCA_CITATION  # noqa: F401 (one copy, shared with the sentence-transformers card)
+from moca_model.st.card import MOCA_CITATION  # noqa: F401 (one copy, shared with the sentence-transformers card)
 
 # mteb tasks built from MoCa's training data (moca-method.md §3.2, §4.3): MMEB-train subsets, InfoSeek,
 # the ColPali train set (mteb marks these four ViDoRe v1 tasks for it) and VisRAG's in-domain sets.

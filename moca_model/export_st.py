@@ -7,7 +7,7 @@ folder, and gives MoCaEncoder's embeddings. Each MoCa-specific behaviour is conf
 - weights: MoCaModel's, in the base ``Qwen2_5_VLModel`` layout (from any source layout), in the checkpoint's
   dtype; ``text_config.is_causal`` records the attention mode (false for MoCa: transformers >= 5.2 then
   builds a padding-only mask and passes ``is_causal=False`` to SDPA, eager and flash attention alike);
-- input layout: the chat template of :mod:`moca_model.st_format` (images first, prompt, text; no markup);
+- input layout: the chat template of :mod:`moca_model.st.layout` (images first, prompt, text; no markup);
 - images: transformers' PIL image processor (``processor_kwargs: {"use_fast": false}``), MoCa's pixel bounds;
 - truncation: the tokenizer's ``model_max_length`` is MoCa's ``max_length``.
 
@@ -29,10 +29,10 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from moca_model import st_verify
-from moca_model.st_card import CardFacts, license_from_readme, model_card
-from moca_model.st_format import DEFAULT_PROMPTS
-from moca_model.st_write import ExportError, write_model, write_processor, write_st_config
+from moca_model.st import verify as st_verify
+from moca_model.st.card import CardFacts, license_from_readme, model_card
+from moca_model.st.layout import DEFAULT_PROMPTS
+from moca_model.st.write import ExportError, write_model, write_processor, write_st_config
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def export_checkpoint(
     Args:
         checkpoint: directory or hub id, as for :meth:`moca_model.MoCaEncoder.from_pretrained`.
         out_dir: the folder to write (must not exist unless ``overwrite``).
-        prompts: added to / replacing :data:`moca_model.st_format.DEFAULT_PROMPTS`.
+        prompts: added to / replacing :data:`moca_model.st.layout.DEFAULT_PROMPTS`.
         license: licence id for the card (default: the source README's ``license:``, else unknown).
         processor_name_or_path: tokenizer source when the checkpoint has none.
         verify: reload the folder and compare probe embeddings with MoCaEncoder (float32, CPU).

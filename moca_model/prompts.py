@@ -1,7 +1,7 @@
 """The instruction strings MoCa was trained and evaluated with (moca-method.md §2), as plain data.
 
 The model layer owns them because they are part of MoCa's input convention: the harness adapters
-(:mod:`moca_bench.prompts`) and the sentence-transformers export (:mod:`moca_model.st_format`) read them
+(:mod:`moca_bench.prompts`) and the sentence-transformers export (:mod:`moca_model.st.layout`) read them
 from here, so the two cannot drift apart. Text that follows an image comes after the image placeholder.
 """
 

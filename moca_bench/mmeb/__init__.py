@@ -1,6 +1,6 @@
 r"""MMEB evaluation (36 datasets, 4 meta-tasks), faithful to the MoCa/VLM2Vec protocol, resumable, multi-GPU.
 
-``--benchmark v2`` runs MMEB-V2 instead (78 tasks: image, video, visual documents; modules ``v2_*``, see
+``--benchmark v2`` runs MMEB-V2 instead (78 tasks: image, video, visual documents; package ``moca_bench.mmeb.v2``, see
 ``docs/mmeb.md``).
 
 Commands (the module docstring of :mod:`moca_bench.mmeb.cli` lists every option):

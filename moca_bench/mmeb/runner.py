@@ -143,7 +143,7 @@ def run(cfg: MMEBConfig, *, encoder=None) -> dict | None:
     from moca_model.loading import resolve_checkpoint
 
     if cfg.benchmark == "v2":
-        from moca_bench.mmeb.v2_runner import run_v2
+        from moca_bench.mmeb.v2.runner import run_v2
 
         return run_v2(cfg, encoder=encoder)
     start = time.perf_counter()

@@ -11,7 +11,7 @@ import pytest
 
 from moca_bench.mmeb import run
 from moca_bench.mmeb.config import MMEBConfig
-from moca_bench.mmeb.v2_synthetic import write_v2_sample
+from moca_bench.mmeb.v2.synthetic import write_v2_sample
 
 from .test_mmeb_dist import _free_port
 

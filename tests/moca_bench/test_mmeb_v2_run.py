@@ -11,8 +11,8 @@ from moca_bench.mmeb import run
 from moca_bench.mmeb.cli import main
 from moca_bench.mmeb.config import MMEBConfig
 from moca_bench.mmeb.data import MMEBDataError
-from moca_bench.mmeb.v2_synthetic import SAMPLE_TASKS_IMAGE, SAMPLE_TASKS_VISDOC, write_v2_sample
-from moca_bench.mmeb.v2_synthetic_video import SAMPLE_TASKS_VIDEO
+from moca_bench.mmeb.v2.synthetic import SAMPLE_TASKS_IMAGE, SAMPLE_TASKS_VISDOC, write_v2_sample
+from moca_bench.mmeb.v2.synthetic_video import SAMPLE_TASKS_VIDEO
 
 from . import v2_expected as ex
 
@@ -120,9 +120,9 @@ def test_short_clips_as_saved_or_padded(tiny_dir, tiny_encoder, sample, tmp_path
     report = run(cfg, encoder=ex.HashEncoder(tiny_encoder))
     assert report["datasets"]["MSR-VTT"]["score"] == pytest.approx(
         _expected("MSR-VTT", sample, tmp_path, n=4, pad=True), abs=1e-9)  # fmt: skip
-    from moca_bench.mmeb.v2_data import TableSource, media_dir
-    from moca_bench.mmeb.v2_parse import ParseOptions, parse_task
-    from moca_bench.mmeb.v2_tasks import TASKS
+    from moca_bench.mmeb.v2.data import TableSource, media_dir
+    from moca_bench.mmeb.v2.parse import ParseOptions, parse_task
+    from moca_bench.mmeb.v2.tasks import TASKS
 
     for rule, count in (("as-saved", 3), ("pad", 8)):  # video v2 saved 3 frames; 8 requested
         task = TASKS["MSR-VTT"]
@@ -174,9 +174,9 @@ def test_cli_runs_all_three_families_with_the_tiny_model(tiny_dir, tiny_encoder,
     """The acceptance command, offline on CPU, with the real (tiny) model: videos go in as videos."""
     from safetensors.numpy import load_file
 
-    from moca_bench.mmeb.v2_data import TableSource, media_dir
-    from moca_bench.mmeb.v2_parse import ParseOptions, parse_task
-    from moca_bench.mmeb.v2_tasks import TASKS
+    from moca_bench.mmeb.v2.data import TableSource, media_dir
+    from moca_bench.mmeb.v2.parse import ParseOptions, parse_task
+    from moca_bench.mmeb.v2.tasks import TASKS
 
     names = ["OK-VQA", "WebQA", "MSR-VTT", "MomentSeeker", "Video-MME", "ViDoSeek-doc", "VisRAG_PlotQA"]
     argv = ["--benchmark", "v2", "--model", str(tiny_dir), "--data-dir", str(sample / "hub"), "--image-root",

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moca_bench.mmeb import v2_tasks as t
 from moca_bench.mmeb.cli import build_parser, parse_config
 from moca_bench.mmeb.data import MMEBDataError
-from moca_bench.mmeb.v2_build import Input, TaskBuilder
-from moca_bench.mmeb.v2_data import find_parquet
-from moca_bench.mmeb.v2_report import aggregate_v2
-from moca_bench.mmeb.v2_scoring import score_task
-from moca_bench.mmeb.v2_text import model_text, qa_template, strip_option, visrag_file_name
+from moca_bench.mmeb.v2 import tasks as t
+from moca_bench.mmeb.v2.build import Input, TaskBuilder
+from moca_bench.mmeb.v2.data import find_parquet
+from moca_bench.mmeb.v2.report import aggregate_v2
+from moca_bench.mmeb.v2.scoring import score_task
+from moca_bench.mmeb.v2.text import model_text, qa_template, strip_option, visrag_file_name
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -157,7 +157,7 @@ def test_cli_v2_options():
 
 
 def test_cost_model_on_published_sizes():
-    from moca_bench.mmeb.v2_cost import task_cost, v2_costs
+    from moca_bench.mmeb.v2.cost import task_cost, v2_costs
 
     assert task_cost(t.TASKS["HMDB51"])["unique_inputs"] == 1000 + 51  # every video once, the 51 labels once
     msr = task_cost(t.TASKS["MSR-VTT"])
@@ -173,7 +173,7 @@ def test_cost_model_on_published_sizes():
 
 def test_a_frame_count_that_cannot_fit_fails_before_encoding(tiny_encoder):
     from moca_bench.mmeb.config import MMEBConfig
-    from moca_bench.mmeb.v2_runner import check_video_budget
+    from moca_bench.mmeb.v2.runner import check_video_budget
 
     proc = tiny_encoder.processor  # tiny: max_length 512, 4 tokens per frame at least
     check_video_budget(proc, MMEBConfig(model="m", benchmark="v2", num_frames=64), ["MSR-VTT"])

@@ -12,7 +12,7 @@ from moca_bench.prompts import (
     VIDORE_QUERY_PROMPT,
     mteb_text,
 )
-from moca_model.st_format import DEFAULT_PROMPTS, apply_prompt
+from moca_model.st.layout import DEFAULT_PROMPTS, apply_prompt
 
 
 def test_vidore_pair():
@@ -34,7 +34,7 @@ def test_mmeb_image_prompts_match_the_mteb_adapter(name, instruction, text):
 def test_chat_template_renders_apply_prompt():
     """The Jinja template (what sentence-transformers runs) and apply_prompt (what the tests compare with) agree."""
     jinja2 = pytest.importorskip("jinja2")
-    from moca_model.st_format import CHAT_TEMPLATE
+    from moca_model.st.layout import CHAT_TEMPLATE
 
     def raise_exception(message):
         raise jinja2.exceptions.TemplateError(message)

@@ -110,7 +110,7 @@ def image_task(root: Path, name: str, parser: str):
 
 
 def video_task(root: Path, name: str, n: int = 8, pad: bool = False):
-    from moca_bench.mmeb.v2_parse_video import class_labels  # the label list is data, not logic
+    from moca_bench.mmeb.v2.parse_video import class_labels  # the label list is data, not logic
 
     fr = root / "data" / "video-tasks" / "frames"
     target = VID + " Understand the content of the provided video."

@@ -55,7 +55,7 @@ def _inputs():
 @needs_st
 @pytest.mark.parametrize("layout", ["current", "legacy"])
 def test_parity_with_moca_encoder(exported, tiny_encoder, layout):
-    from moca_model.st_verify import as_moca_item
+    from moca_model.st.verify import as_moca_item
 
     model = _load(exported[layout])
     items = _inputs()
@@ -68,7 +68,7 @@ def test_parity_with_moca_encoder(exported, tiny_encoder, layout):
 @needs_st
 @pytest.mark.parametrize("prompt_name", ["document", "image", "image_question", "image_text", "query"])
 def test_prompts_lay_out_like_moca(exported, tiny_encoder, prompt_name):
-    from moca_model.st_verify import as_moca_item
+    from moca_model.st.verify import as_moca_item
 
     model = _load(exported["current"])
     items = ["a caption", draw_image(150, 100, 9), {"image": draw_image(80, 80, 8), "text": "what colour?"}]
@@ -167,7 +167,8 @@ def test_image_repairs_are_opt_in(exported, tiny_encoder):
 
 @needs_st
 def test_refuses_existing_folder_and_keeps_nothing_on_failure(tiny_dir, tmp_path, monkeypatch):
-    from moca_model import export_st, st_verify
+    from moca_model import export_st
+    from moca_model.st import verify as st_verify
 
     (tmp_path / "taken").mkdir()
     with pytest.raises(export_st.ExportError, match="exists"):

@@ -62,7 +62,7 @@ def test_trained_checkpoint_parity(trained, tmp_path):
 
     from moca_model import MoCaEncoder
     from moca_model.export_st import export_checkpoint
-    from moca_model.st_verify import as_moca_item
+    from moca_model.st.verify import as_moca_item
 
     init, ckpt = trained
     folder = export_checkpoint(ckpt, tmp_path / "st")

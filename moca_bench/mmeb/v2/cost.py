@@ -1,6 +1,6 @@
 """MMEB-V2 cost model: encoder forward passes and decoded video frames per task, from the published task sizes.
 
-Sizes are :class:`~moca_bench.mmeb.v2_tasks.V2Task` ``queries`` (the score files' ``num_data``) and
+Sizes are :class:`~moca_bench.mmeb.v2.tasks.V2Task` ``queries`` (the score files' ``num_data``) and
 ``candidates`` (paper Table 1, dataset cards). What the published numbers do not say is assumed, per family,
 and stated in ``ASSUMPTIONS``; the results are estimates, exact only where the structure is fixed
 (classification label pools, one video per retrieval query).
@@ -13,7 +13,7 @@ number under these assumptions); ``naive_passes`` = one pass per query and per l
 
 from __future__ import annotations
 
-from moca_bench.mmeb import v2_tasks as t
+from moca_bench.mmeb.v2 import tasks as t
 
 ASSUMPTIONS = {
     "image": "v1's: a local task's distractors come from one shared pool of max(queries, candidates) names",

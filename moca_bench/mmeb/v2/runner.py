@@ -17,16 +17,16 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from moca_bench.mmeb import dist
-from moca_bench.mmeb import v2_tasks as tasks
 from moca_bench.mmeb.cache import EmbeddingCache, model_fingerprint
 from moca_bench.mmeb.config import MMEBConfig
 from moca_bench.mmeb.report import find_published, package_versions
 from moca_bench.mmeb.runner import _encode_subset, default_cache_dir, encoder_settings, load_encoder, model_label
-from moca_bench.mmeb.v2_build import TaskData
-from moca_bench.mmeb.v2_data import TableSource, hub_media_root, media_dir
-from moca_bench.mmeb.v2_parse import ParseOptions, parse_task
-from moca_bench.mmeb.v2_report import PUBLISHED_FILE, aggregate_v2, write_report_v2
-from moca_bench.mmeb.v2_scoring import score_task
+from moca_bench.mmeb.v2 import tasks as tasks
+from moca_bench.mmeb.v2.build import TaskData
+from moca_bench.mmeb.v2.data import TableSource, hub_media_root, media_dir
+from moca_bench.mmeb.v2.parse import ParseOptions, parse_task
+from moca_bench.mmeb.v2.report import PUBLISHED_FILE, aggregate_v2, write_report_v2
+from moca_bench.mmeb.v2.scoring import score_task
 
 logger = logging.getLogger(__name__)
 

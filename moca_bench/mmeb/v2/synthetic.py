@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moca_bench.mmeb.v2_synthetic_video import write_video_tasks
+from moca_bench.mmeb.v2.synthetic_video import write_video_tasks
 
 SAMPLE_TASKS_IMAGE = ("ImageNet-1K", "OK-VQA", "MSCOCO_i2t", "MSCOCO_t2i", "VisDial", "WebQA", "RefCOCO-Matching",
                       "MSCOCO")  # fmt: skip
@@ -115,7 +115,7 @@ def _visdoc(root: Path, repo: str, queries, qrels, corpus, *, split="test", imag
     write_table(root, repo, "corpus", split, [{"corpus-id": c, "image": {"bytes": b, "path": None}}
                                               for c, b in corpus])  # fmt: skip
     if images_dir is not None:
-        from moca_bench.mmeb.v2_text import visrag_file_name
+        from moca_bench.mmeb.v2.text import visrag_file_name
 
         for cid, data in corpus:
             name = visrag_file_name(cid) if isinstance(cid, str) else f"{cid}.png"

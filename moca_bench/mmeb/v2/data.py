@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from moca_bench.mmeb.data import MMEBDataError, _offline
-from moca_bench.mmeb.v2_tasks import V2Task
+from moca_bench.mmeb.v2.tasks import V2Task
 
 logger = logging.getLogger(__name__)
 

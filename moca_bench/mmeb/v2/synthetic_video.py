@@ -1,4 +1,4 @@
-"""The video part of the MMEB-V2 sample (:mod:`moca_bench.mmeb.v2_synthetic`): rows and frame folders.
+"""The video part of the MMEB-V2 sample (:mod:`moca_bench.mmeb.v2.synthetic`): rows and frame folders.
 
 Frame folders use both layouts the reference's configs name (VLM2Vec's ``video_ret/<DS>`` for MSR-VTT,
 Qwen's ``video_ret/data/ziyan/video_retrieval/<DS>/frames`` for the others; ``video_qa/egoschema``), frame
@@ -19,7 +19,7 @@ _QWEN_RET = "video_ret/data/ziyan/video_retrieval/{}/frames"
 
 def write_frames(folder: Path, n: int, rng: np.random.Generator, *, style: str = "frame_{}.jpg") -> None:
     """``n`` small random JPEG frames named by ``style`` (1-based for ``frame_``, 0-based otherwise)."""
-    from moca_bench.mmeb.v2_synthetic import write_image
+    from moca_bench.mmeb.v2.synthetic import write_image
 
     first = 1 if style.startswith("frame_") else 0
     for i in range(first, first + n):
@@ -31,8 +31,8 @@ def _frames_root(root: Path) -> Path:
 
 
 def _cls_and_ret(root: Path, rng) -> None:
-    from moca_bench.mmeb.v2_parse_video import class_labels
-    from moca_bench.mmeb.v2_synthetic import write_table
+    from moca_bench.mmeb.v2.parse_video import class_labels
+    from moca_bench.mmeb.v2.synthetic import write_table
 
     fr = _frames_root(root)
     labels = class_labels("HMDB51")
@@ -69,7 +69,7 @@ def _cls_and_ret(root: Path, rng) -> None:
 
 
 def _moments(root: Path, rng) -> None:
-    from moca_bench.mmeb.v2_synthetic import write_image, write_table
+    from moca_bench.mmeb.v2.synthetic import write_image, write_table
 
     fr = _frames_root(root) / "video_mret"
     for name, folder, videos in (("QVHighlight", "QVHighlight", ("vid0", "vid1")), ("Charades-STA", "Charades-STA",
@@ -99,7 +99,7 @@ def _moments(root: Path, rng) -> None:
 
 
 def _qa(root: Path, rng) -> None:
-    from moca_bench.mmeb.v2_synthetic import write_table
+    from moca_bench.mmeb.v2.synthetic import write_table
 
     fr = _frames_root(root) / "video_qa"
     opts = [["A. Apples.", "B. Bananas.", "C. Cherries", "D. Dates."], ["A. one", "B. two", "C. three", "D. four"]]

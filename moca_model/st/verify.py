@@ -2,7 +2,7 @@
 
 The probes cover text, images and image + text, with and without prompts, in padded mixed batches. Their
 MoCaEncoder equivalents come from :func:`as_moca_item`, which applies the same layout rule as the chat
-template (:func:`moca_model.st_format.apply_prompt`).
+template (:func:`moca_model.st.layout.apply_prompt`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from moca_model.st_format import apply_prompt
-from moca_model.st_write import ExportError, check_pil
+from moca_model.st.layout import apply_prompt
+from moca_model.st.write import ExportError, check_pil
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import copy
 import json
 from pathlib import Path
 
-from moca_model.st_format import (
+from moca_model.st.layout import (
     CHAT_TEMPLATE,
     MODALITY_CONFIG,
     MODULE_OUTPUT_NAME,

@@ -1,8 +1,8 @@
-"""MMEB-V2 parsers for image and visual-document tasks (video: :mod:`moca_bench.mmeb.v2_parse_video`).
+"""MMEB-V2 parsers for image and visual-document tasks (video: :mod:`moca_bench.mmeb.v2.parse_video`).
 
 Each mirrors one reference parser of TIGER-AI-Lab/VLM2Vec @ 6e1e1d4 (``src/data/eval_dataset/``): the
 texts it writes, the names it gives candidates and the labels it marks, quirks included (the module
-docstrings of :mod:`~moca_bench.mmeb.v2_text` and :mod:`~moca_bench.mmeb.v2_build` list them).
+docstrings of :mod:`~moca_bench.mmeb.v2.text` and :mod:`~moca_bench.mmeb.v2.build` list them).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moca_bench.mmeb.data import MMEBDataError
-from moca_bench.mmeb.v2_build import Input, TaskBuilder, TaskData
-from moca_bench.mmeb.v2_data import TableSource, iter_corpus, read_rows, read_table
-from moca_bench.mmeb.v2_tasks import V2Task
-from moca_bench.mmeb.v2_text import (
+from moca_bench.mmeb.v2.build import Input, TaskBuilder, TaskData
+from moca_bench.mmeb.v2.data import TableSource, iter_corpus, read_rows, read_table
+from moca_bench.mmeb.v2.tasks import V2Task
+from moca_bench.mmeb.v2.text import (
     DOC_QUERY,
     DOC_TARGET,
     IMAGE_TOKEN,
@@ -156,7 +156,7 @@ def parse_task(task: V2Task, source: TableSource, media: Path | None, opts: Pars
     Raises:
         MMEBDataError: tables that cannot be read or a parser without rows.
     """
-    from moca_bench.mmeb.v2_parse_video import parse_video
+    from moca_bench.mmeb.v2.parse_video import parse_video
 
     if task.modality == "visdoc":
         data = parse_visdoc(task, source, media, opts)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from moca_bench.metrics import TIE_RULES, rank_credit
-from moca_bench.mmeb.v2_build import TaskData
+from moca_bench.mmeb.v2.build import TaskData
 
 GRADE_ORDERS = ("correct", "reference")
 NDCG_K = 5

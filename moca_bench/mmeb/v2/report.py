@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from moca_bench.mmeb import v2_tasks as t
 from moca_bench.mmeb.report import _fmt, _mean, _row, write_report
+from moca_bench.mmeb.v2 import tasks as t
 
 PUBLISHED_FILE = Path("published") / "mmeb_v2.json"
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moca_bench.mmeb.v2_tasks import V2Task
+from moca_bench.mmeb.v2.tasks import V2Task
 
 FORMAT_VERSION = 1  # bump when a parser's output changes
 
@@ -35,7 +35,7 @@ class Input:
     """One encoder input as the reference builds it."""
 
     text: str
-    """Reference text (bare ``<|image_pad|>`` / ``<|video_pad|>`` tokens; see :mod:`moca_bench.mmeb.v2_text`)."""
+    """Reference text (bare ``<|image_pad|>`` / ``<|video_pad|>`` tokens; see :mod:`moca_bench.mmeb.v2.text`)."""
     image: str = ""
     """Image file, or ""."""
     frames: tuple[str, ...] = ()
@@ -81,7 +81,7 @@ class TaskData:
 
     def item(self, index: int) -> dict:
         """Encoder input for input ``index`` (see :meth:`moca_model.MoCaEncoder.encode`)."""
-        from moca_bench.mmeb.v2_text import model_text
+        from moca_bench.mmeb.v2.text import model_text
         from moca_model.video import Video
 
         x = self.pairs[index]

@@ -22,10 +22,10 @@ from collections.abc import Iterable, Mapping
 from functools import cache
 from pathlib import Path
 
-from moca_bench.mmeb.v2_build import Input, TaskBuilder, TaskData
-from moca_bench.mmeb.v2_parse import ParseOptions, _first
-from moca_bench.mmeb.v2_tasks import V2Task
-from moca_bench.mmeb.v2_text import (
+from moca_bench.mmeb.v2.build import Input, TaskBuilder, TaskData
+from moca_bench.mmeb.v2.parse import ParseOptions, _first
+from moca_bench.mmeb.v2.tasks import V2Task
+from moca_bench.mmeb.v2.text import (
     MOMENT_QUERY,
     MOMENTSEEKER_QUERY,
     MOMENTSEEKER_TARGET,
@@ -41,7 +41,7 @@ from moca_bench.mmeb.v2_text import (
 )
 from moca_model.video import list_frames, natural_key, sample_frames
 
-_LABELS_FILE = Path(__file__).with_name("v2_labels.json")
+_LABELS_FILE = Path(__file__).with_name("labels.json")
 _LABEL_KEY = {"K700": "Kinetics-700", "HMDB51": "HMDB51", "UCF101": "UCF101", "Breakfast": "Breakfast"}
 
 

@@ -30,7 +30,7 @@ from moca_model.prompts import (
 TEXT_SLOT = "{text}"  # in a prompt: where the input's text goes (otherwise it follows the prompt)
 
 CHAT_TEMPLATE = """\
-{#- MoCa's input layout (moca_model/st_format.py): images first unless the text places them, then the
+{#- MoCa's input layout (moca_model/st/layout.py): images first unless the text places them, then the
     prompt (the system message), then the text; a prompt containing {text} wraps the text.
     No chat markup, no EOS; an empty input reads as one space. -#}
 {%- set ns = namespace(images=0, prompt='', text='') -%}
