@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml constraints/venv.txt
 $(VENV_MTEB)/.installed: pyproject.toml constraints/venv-mteb.txt
 	$(PY) -m venv $(VENV_MTEB)
 	$(VENV_MTEB)/bin/pip install $(PIP) torch==2.14.1 torchvision==0.29.1
-	$(VENV_MTEB)/bin/pip install $(PIP) -c constraints/venv-mteb.txt -e ".[mteb,mmeb,dev]"
+	$(VENV_MTEB)/bin/pip install $(PIP) -c constraints/venv-mteb.txt -e ".[mteb,mmeb,st,dev]"
 	$(VENV_MTEB)/bin/python -m compileall -q plugins/moca_plugins
 	touch $@
 

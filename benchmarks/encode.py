@@ -77,7 +77,7 @@ def naive_encode(encoder, items: list, batch_size: int) -> tuple[np.ndarray, int
 
 def ours_padding(encoder, items: list, batch_size: int) -> tuple[int, int]:
     """Real and padded token counts of MoCaEncoder's batching (same estimate, sort and cut as encode())."""
-    from moca_model.encode import length_batches
+    from moca_model.batching import length_batches
     from moca_model.processing_moca import normalize_item
 
     lengths = [encoder.processor.estimate_length(normalize_item(x, i), i) for i, x in enumerate(items)]
@@ -101,6 +101,7 @@ def run(size: str, n_queries: int, n_pages: int, batch_size: int, repeats: int) 
             min_pixels=DEFAULT_MIN_PIXELS,
             max_pixels=DEFAULT_MAX_PIXELS,
             max_length=DEFAULT_MAX_LENGTH,
+            cache_memory_mb=0,  # every repeat must really encode
         )
     items = make_corpus(n_queries, n_pages)
     enc.encode(items[:4], show_progress=False)  # warm-up

@@ -2,8 +2,11 @@
 
 Measures encode throughput (items/s, tokens/s) and model FLOPs utilisation for text queries and
 document pages (1024 visual tokens) with SDPA, and with flash-attention-2 when ``flash_attn`` imports;
-checks FA2-vs-SDPA embedding parity on the same inputs (bf16; tolerance written in the result). Writes
-``results/gpu/gpu_check.json``. No network, no checkpoint: the weights are random.
+checks FA2-vs-SDPA embedding parity on the same inputs (bf16; tolerance written in the result). Then
+pages/s on pages alone (equal sizes, so batches carry no padding): SDPA with the 4-D mask vs the
+no-mask fast path (``MoCaModel.unpadded_fast_path``), and one device vs a pool over ``--devices``
+(default: every GPU; :mod:`moca_model.parallel`). Writes ``results/gpu/gpu_check.json``. No network,
+no checkpoint: the weights are random.
 
     python -m benchmarks.gpu_check                      # on the GPU machine (see gpu_check.sh)
     python -m benchmarks.gpu_check --dry-run            # CPU, tiny architecture: checks the script itself
@@ -12,6 +15,7 @@ checks FA2-vs-SDPA embedding parity on the same inputs (bf16; tolerance written 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -121,17 +125,69 @@ def measure(encoder, items: list, batch_size: int, n_params: int, peak_flops: fl
     return out, vecs
 
 
-def run(args) -> dict:
-    """Build, measure each backend, compare embeddings; return the result record."""
-    from moca_model.encode import MoCaEncoder
+def processor():
+    """The tiny tokenizer (ids only matter for markers; the vocab size is the 3B one) at MoCa's 1280 tokens."""
     from moca_model.processing_moca import MoCaProcessor
     from moca_model.testing import tiny_tokenizer
 
+    return MoCaProcessor(tiny_tokenizer(), max_length=1280)
+
+
+def random_encoder(arch: dict, dtype: torch.dtype, impl: str, device: str, *, fast_path: bool = True):
+    """A MoCaEncoder over random weights, without a cache (module-level: device-pool workers build one each)."""
+    from moca_model.encode import MoCaEncoder
+
+    proc = processor()
+    model = build(arch, torch.device(device), dtype, impl, proc.tokenizer)
+    model.unpadded_fast_path = fast_path
+    return MoCaEncoder(model, proc, device=device, cache=False)
+
+
+def _pages_per_s(encoder, pages: list, batch_size: int) -> dict:
+    encoder.encode(pages[:batch_size], batch_size=batch_size, show_progress=False)  # warm-up
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    encoder.encode(pages, batch_size=batch_size, show_progress=False)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    return {"seconds": round(dt, 3), "pages_per_s": round(len(pages) / dt, 2), "batches": encoder.last_stats.batches}
+
+
+def measure_pages(args, arch: dict, dtype: torch.dtype, device: torch.device) -> dict:
+    """Pages/s: 4-D mask vs no-mask fast path (SDPA, one device), then one device vs the device pool."""
+    from moca_model.encode import MoCaEncoder
+    from moca_model.parallel import DevicePool, parse_devices
+
+    pages = corpus(0, args.pages, args.page_side)
+    out = {"n_pages": len(pages)}
+    for name, fast in (("sdpa_4d_mask", False), ("sdpa_fast_path", True)):
+        enc = random_encoder(arch, dtype, "sdpa", str(device), fast_path=fast)
+        out[name] = _pages_per_s(enc, pages, args.batch_size)
+        del enc
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    out["fast_path_speedup"] = round(out["sdpa_fast_path"]["pages_per_s"] / out["sdpa_4d_mask"]["pages_per_s"], 3)
+    devices = parse_devices(args.devices or ("cpu,cpu" if args.dry_run else "all"))
+    factory = functools.partial(random_encoder, arch, dtype, "sdpa")
+    pool = DevicePool(factory, devices, threads=1 if args.dry_run else None)
+    try:
+        enc = MoCaEncoder(None, processor(), cache=False, pool=pool)
+        out["devices"] = {"list": devices, "pool": _pages_per_s(enc, pages, args.batch_size)}
+    finally:
+        pool.close()
+    out["devices"]["speedup_vs_one_device"] = round(
+        out["devices"]["pool"]["pages_per_s"] / out["sdpa_fast_path"]["pages_per_s"], 3
+    )
+    return out
+
+
+def run(args) -> dict:
+    """Build, measure each backend, compare embeddings; return the result record."""
     device = torch.device("cpu" if args.dry_run else "cuda")
     arch = ARCH_TINY if args.dry_run else ARCH_3B
     dtype = torch.float32 if args.dry_run else torch.bfloat16
-    tokenizer = tiny_tokenizer()  # ids only matter for markers; the vocab size is the 3B one
-    processor = MoCaProcessor(tokenizer, max_length=1280)
     items = corpus(args.queries, args.pages, args.page_side)
     impls = ["sdpa"]
     try:
@@ -152,14 +208,13 @@ def run(args) -> dict:
     }
     vectors = {}
     for impl in impls:
-        model = build(arch, device, dtype, impl, tokenizer)
-        n_params = sum(p.numel() for p in model.parameters())
+        enc = random_encoder(arch, dtype, impl, str(device))
+        n_params = sum(p.numel() for p in enc.model.parameters())
         result["n_params"] = n_params
-        enc = MoCaEncoder(model, processor, device=device)
         result["backends"][impl], vectors[impl] = measure(
             enc, items, args.batch_size, n_params, args.peak_tflops * 1e12
         )
-        del enc, model
+        del enc
         if device.type == "cuda":
             torch.cuda.empty_cache()
     if len(vectors) == 2:
@@ -172,6 +227,7 @@ def run(args) -> dict:
             "min_cosine_required": PARITY_MIN_COSINE,
             "pass": bool(np.abs(a - b).max() <= PARITY_ATOL and cos.min() >= PARITY_MIN_COSINE),
         }
+    result["pages"] = measure_pages(args, arch, dtype, device)
     return result
 
 
@@ -183,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pages", type=int, default=128)
     p.add_argument("--page-side", type=int, default=896, help="page side in px (896 -> 1024 visual tokens)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--devices", default=None, help="device pool for the pages/s test (default: all GPUs)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the card (H100 SXM: 989)")
     p.add_argument("--out", type=Path, default=OUT / "gpu_check.json")
     args = p.parse_args(argv)

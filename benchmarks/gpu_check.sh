@@ -3,7 +3,8 @@
 #   bash benchmarks/gpu_check.sh
 # It makes a venv with the CPU-built project deps (torch from the machine's own CUDA build if present),
 # tries flash-attn from a carried wheel (wheels/flash_attn-*.whl) if one exists, then runs
-# python -m benchmarks.gpu_check (random-weight 3B architecture; < 8 minutes) -> results/gpu/gpu_check.json.
+# python -m benchmarks.gpu_check (random-weight 3B architecture: SDPA vs FA2, pages/s with and without the
+# no-mask fast path, one device vs a pool over every GPU; < 8 minutes) -> results/gpu/gpu_check.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}

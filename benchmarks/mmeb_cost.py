@@ -5,6 +5,9 @@ drawn from a shared pool, see ``moca_bench.mmeb.synthetic``), runs them through 
 de-duplication (``moca_bench.mmeb.data.build_subset``) and counts the unique inputs it would encode,
 against one forward pass per query and per listed candidate. Writes ``results/benchmarks/mmeb_cost.json``.
 
+MMEB-V2 (78 tasks): forward passes and decoded frames per task, meta-task and modality from the published
+task sizes and per-family assumptions (``moca_bench.mmeb.v2.cost``). Writes ``results/benchmarks/mmeb_v2_cost.json``.
+
     python -m benchmarks.mmeb_cost
 """
 
@@ -55,6 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         without_d / with_d,
         write_result("mmeb_cost", result),
     )
+    from moca_bench.mmeb.v2.cost import v2_costs
+
+    v2 = v2_costs()
+    o = v2["overall"]
+    logger.info("MMEB-V2: %d unique inputs (%d tasks with unknown corpus left out), %d video inputs, %d frames -> %s",
+                o["unique_inputs"], o["tasks_with_unknown_corpus"], o["video_inputs"], o["frames"],
+                write_result("mmeb_v2_cost", v2))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""``make bench``: run every CPU benchmark (about 10 minutes on 2 cores) and write a Markdown summary.
+"""``make bench``: run every CPU benchmark (about 15 minutes on 2 cores) and write a Markdown summary.
 
 Each benchmark is its own module (``python -m benchmarks.<name>``) writing ``results/benchmarks/<name>.json``;
 this script runs them in sequence with sizes that fit the budget, then renders
@@ -15,10 +15,12 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from benchmarks.common import RESULTS
 
 logger = logging.getLogger(__name__)
+MTEB_PYTHON = Path(__file__).resolve().parents[1] / ".venv-mteb" / "bin" / "python"
 
 JOBS = {
     "encode_tiny": ["benchmarks.encode", "--size", "tiny", "--queries", "96", "--pages", "48"],
@@ -28,7 +30,14 @@ JOBS = {
     "mmeb_cost": ["benchmarks.mmeb_cost"],
     "train_cpt": ["benchmarks.train_cpt", "--steps", "40"],
     "train_cl": ["benchmarks.train_cl", "--steps", "30"],
+    "st_encode_mid": ["benchmarks.st_encode", "--size", "mid", "--queries", "64", "--pages", "32", "--repeats", "2"],
+    "st_quant": ["benchmarks.st_quant", "--steps", "200"],  # trains here (.venv), evaluates with .venv-mteb
+    "cache_mteb": ["benchmarks.cache_mteb", "--pages", "32", "--queries", "8"],
+    "cache_vidore": ["benchmarks.cache_vidore", "--pages", "32", "--queries", "16"],
+    "devices": ["benchmarks.devices", "--queries", "48", "--pages", "24"],
 }
+# sentence-transformers 6.2 and mteb 2.x live in .venv-mteb
+PYTHON_FOR = {"st_encode_mid": MTEB_PYTHON, "cache_mteb": MTEB_PYTHON}
 
 
 def _fmt(x) -> str:
@@ -93,12 +102,100 @@ def summary() -> str:
             f"same indices: {r['same_indices']}.",
             "",
         ]
+    r = load("mmeb_v2_cost")
+    if r:
+        lines += ["## MMEB-V2 cost model (forward passes after de-duplication; estimates, see docs/mmeb.md)",
+                  "| group | queries | unique inputs | naive passes | video inputs | frames | unknown corpora |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for label, g in [*r["modalities"].items(), *r["meta_tasks"].items(), ("overall", r["overall"])]:
+            lines.append(f"| {label} | {g['queries']} | {g['unique_inputs']} | {g['naive_passes']} | "
+                         f"{g['video_inputs']} | {g['frames']} | {g['tasks_with_unknown_corpus']} |")
+        lines.append("")
+    lines += _st_summary(load)
+    lines += _throughput_sections(load)
     for name in ("mmeb_cost", "train_cpt", "train_cl"):
         r = load(name)
         if r:
             body = {k: v for k, v in r.items() if k != "environment"}
             lines += [f"## {name}", "```", json.dumps(body, indent=1, default=_fmt)[:3000], "```", ""]
     return "\n".join(lines) + "\n"
+
+
+def _throughput_sections(load) -> list[str]:
+    """The embedding-cache and multi-device results (issue: evaluation throughput at benchmark scale)."""
+    lines = []
+    r = load("cache_mteb")
+    if r:
+        w, c = r["without_cache"], r["with_cache"]
+        lines += [
+            f"## Embedding cache on a ViDoRe-v3-shaped mteb task ({r['n_pages']} pages, {r['n_languages']} languages)",
+            "| | document forward passes | per corpus | seconds |",
+            "|---|---|---|---|",
+            f"| without cache | {w['document_forward_passes']} | {w['forward_passes_per_corpus']} | {w['seconds']} |",
+            f"| with cache | {c['document_forward_passes']} | {c['forward_passes_per_corpus']} | {c['seconds']} |",
+            f"\nWall-time ratio **{r['wall_time_ratio']}x**; identical scores: {r['same_scores']}.",
+            "",
+        ]
+    r = load("cache_vidore")
+    if r:
+        lines += [
+            f"## vidore-benchmark rerun with a warm cache ({r['n_pages']} pages, {r['n_queries']} queries, stock CLI)",
+            "| run | page forward passes | pages from cache | seconds (incl. CLI start-up) | nDCG@5 |",
+            "|---|---|---|---|---|",
+        ]
+        for name in ("no_cache", "cold", "warm"):
+            v = r[name]
+            cells = (name, v["page_forward_passes"], v["pages_from_cache"], v["seconds"], v["ndcg_at_5"])
+            lines.append("| " + " | ".join(map(str, cells)) + " |")
+        lines += ["", f"Same nDCG@5: {r['same_ndcg']}; cold/warm wall time {r['wall_time_ratio_cold_vs_warm']}x.", ""]
+    r = load("devices")
+    if r:
+        one, two = r["one_process"], r["two_workers"]
+        lines += [
+            f"## Data-parallel encoding on CPU ({r['n_items']} items, {r['size']} random model)",
+            "| | items/s | seconds | CPU seconds |",
+            "|---|---|---|---|",
+            *(
+                f"| {label} | {v['items_per_s']} | {v['seconds_best']} | {v['cpu_seconds_all']} |"
+                for label, v in (("1 process, 1 thread", one), ("2 worker processes, 1 thread each", two))
+            ),
+            f"\nRatio **{r['throughput_ratio']}x** (pool start-up {r['pool_start_seconds']} s, once); "
+            f"max |diff| {r['max_abs_diff']:.1e}; CPU cores two busy processes got during the run: "
+            f"{r.get('parallel_cores', '-')} (2.0 on an idle 2-core machine).",
+            "",
+        ]
+    return lines
+
+
+def _st_summary(load) -> list[str]:
+    """The sentence-transformers export: encode cost vs MoCaEncoder, and what int8 / binary embeddings keep."""
+    lines = []
+    r = load("st_encode_mid")
+    if r:
+        lines += [
+            f"## sentence-transformers export vs MoCaEncoder (mid random model, {r['n_items']} mixed items)",
+            "| | wall s | CPU s | items/s | peak RSS MB |",
+            "|---|---|---|---|---|",
+            *[f"| {n} | {r[k]['wall_s_best']} | {r[k]['cpu_s_of_best']} | {r[k]['items_per_s']} | "
+              f"{r[k]['peak_rss_mb']} |" for n, k in (("MoCaEncoder", "moca"), ("MoCaEncoder inline", "moca_inline"),
+                                                     ("sentence-transformers", "st"))],
+            f"\nsentence-transformers takes **{r['wall_ratio_moca_vs_st']}x** MoCaEncoder's wall time "
+            f"({r['wall_ratio_moca_inline_vs_st']}x vs inline) and {r['cpu_ratio_moca_vs_st']}x its CPU time; "
+            f"max |diff| {r['max_abs_diff_st_vs_moca']:.1e}.",
+            "",
+        ]  # fmt: skip
+    r = load("st_quant")
+    if r:
+        lines += [
+            f"## Quantized embeddings on the demo pages ({r['queries']} queries, {r['pages']} pages, dim {r['dim']}; "
+            f"chance {r['chance_ndcg@5']})",
+            "| variant | bytes/page | nDCG@5 [95% CI] | vs float32 [95% CI] |",
+            "|---|---|---|---|",
+            *[f"| {n} | {v['bytes_per_page']} | {v['ndcg@5']} {v['ci95']} | {v['delta_vs_float32']:+} "
+              f"{v['delta_ci95']} |" for n, v in r["variants"].items()],
+            "",
+        ]  # fmt: skip
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,7 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in [] if args.summary_only else (args.only or list(JOBS)):
         t0 = time.perf_counter()
         logger.info("== %s", name)
-        rc = subprocess.run([sys.executable, "-m", *JOBS[name]], env=env).returncode
+        python = PYTHON_FOR.get(name, Path(sys.executable))
+        if not python.is_file():
+            logger.error("== %s needs %s (make env)", name, python)
+            failed.append(name)
+            continue
+        rc = subprocess.run([str(python), "-m", *JOBS[name]], env=env).returncode
         logger.info("== %s: rc %d in %.0f s", name, rc, time.perf_counter() - t0)
         if rc:
             failed.append(name)

@@ -6,12 +6,7 @@ without mteb.
 
 from __future__ import annotations
 
-MOCA_CITATION = """@article{chen2025moca,
-  title={MoCa: Modality-aware Continual Pre-training Makes Better Bidirectional Multimodal Embeddings},
-  author={Chen, Haonan and Liu, Hong and Luo, Yuping and Wang, Liang and Yang, Nan and Wei, Furu and Dou, Zhicheng},
-  journal={arXiv preprint arXiv:2506.23115},
-  year={2025}
-}"""
+from moca_model.st.card import MOCA_CITATION  # noqa: F401 (one copy, shared with the sentence-transformers card)
 
 # mteb tasks built from MoCa's training data (moca-method.md §3.2, §4.3): MMEB-train subsets, InfoSeek,
 # the ColPali train set (mteb marks these four ViDoRe v1 tasks for it) and VisRAG's in-domain sets.

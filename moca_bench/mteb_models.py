@@ -29,7 +29,8 @@ from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.types import OutputDType
 
 from moca_bench.model_card import MOCA_CITATION, MOCA_TRAINING_DATASETS
-from moca_bench.prompts import mteb_instruction, mteb_text
+from moca_bench.mteb_inputs import input_columns, task_view
+from moca_bench.prompts import mteb_items
 
 if TYPE_CHECKING:
     from mteb.abstasks.task_metadata import TaskMetadata
@@ -41,6 +42,9 @@ logger = logging.getLogger(__name__)
 MODEL_3B = "moca-embed/MoCa-Qwen25VL-3B"
 MODEL_7B = "moca-embed/MoCa-Qwen25VL-7B"
 CHECKPOINTS_ENV = "MOCA_MTEB_CHECKPOINTS"
+INSTRUCTIONS_ENV = "MOCA_MTEB_INSTRUCTIONS"  # default of the ``instructions`` loader argument
+DEVICES_ENV = "MOCA_DEVICES"  # default of ``devices``: "all", "cuda:0,cuda:1", ...
+CACHE_ENV = "MOCA_CACHE_DIR"  # default of ``cache_dir``
 
 
 class MoCaMTEBEncoder(AbsEncoder):
@@ -64,7 +68,10 @@ class MoCaMTEBEncoder(AbsEncoder):
         max_length: int | None = None,
         processor_name_or_path: str | None = None,
         prompts: Mapping[str, str] | None = None,
+        instructions: str | None = None,
         num_workers: int | None = None,
+        devices: str | list[str] | None = None,
+        cache_dir: str | None = None,
         **kwargs: Any,
     ):
         """Load the model.
@@ -82,12 +89,24 @@ class MoCaMTEBEncoder(AbsEncoder):
             max_pixels: per-image upper bound (default MoCa's 1024 visual tokens).
             max_length: token limit after image expansion (default 1280).
             processor_name_or_path: tokenizer source when the checkpoint has none.
-            prompts: instruction overrides by mteb key (``Task-query``, ``Task``, ``TaskType``, ``query``...).
-            num_workers: batch-preparation threads (default 2 on CUDA, 0 on CPU).
+            prompts: instruction overrides by mteb key (``Task-query``, ``Task``, ``TaskType``, ``query``...),
+                optionally for one modality (``ZeroShotClassification-image``); see docs/mteb.md.
+            instructions: ``"default"`` or ``"mmeb"`` (MoCa's MMEB wording for classification, clustering,
+                visual STS and zero-shot; bare zero-shot labels). Default ``$MOCA_MTEB_INSTRUCTIONS``, else
+                ``"default"``.
+            num_workers: batch-preparation threads (default 2 on CUDA, 1 on CPU; per device worker).
+            devices: encode on several devices (``"all"``, ``"cuda:0,cuda:1"``, a list); one worker process
+                each. Default ``$MOCA_DEVICES``, else one device (``device``).
+            cache_dir: persistent embedding cache (default ``$MOCA_CACHE_DIR``, else memory only): pages
+                shared by several tasks or runs are encoded once.
             **kwargs: ``embed_dim`` (checked by mteb) and anything mteb adds later; others are logged.
         """
         from moca_model import MoCaEncoder
 
+        _follow_mteb_verbosity()
+        instructions = instructions or os.environ.get(INSTRUCTIONS_ENV) or "default"
+        if instructions not in ("default", "mmeb"):
+            raise ValueError(f"instructions must be 'default' or 'mmeb', got {instructions!r}")
         kwargs.pop("embed_dim", None)
         if kwargs:
             logger.warning("%s: ignoring unknown loader arguments %s", model_name, sorted(kwargs))
@@ -107,9 +126,12 @@ class MoCaMTEBEncoder(AbsEncoder):
             max_length=max_length,
             revision=None if Path(source).expanduser().is_dir() else revision,
             processor_name_or_path=processor_name_or_path,
+            devices=devices or os.environ.get(DEVICES_ENV) or None,
+            cache_dir=cache_dir or os.environ.get(CACHE_ENV) or None,
         )
         self.model = self.encoder.model
         self.prompts = dict(prompts or {})
+        self.instructions = instructions
         self.num_workers = num_workers
         self.mteb_model_meta = moca_model_meta(model_name, checkpoint=checkpoint)  # load_model() replaces it
 
@@ -137,68 +159,28 @@ class MoCaMTEBEncoder(AbsEncoder):
             (N, D) float32 array.
         """
         side = prompt_type.value if prompt_type is not None else None
-        texts, images = input_columns(inputs)
-        instructions: dict[tuple[bool, bool], str | None] = {}
-        items = []
-        for text, image in zip(texts, images, strict=True):
-            kind = (image is not None, bool(text))
-            if kind not in instructions:
-                instructions[kind] = mteb_instruction(
-                    task_metadata.name,
-                    task_metadata.type,
-                    side,
-                    has_image=kind[0],
-                    has_text=kind[1],
-                    task_prompt=task_metadata.prompt,
-                    overrides=self.prompts,
-                )
-            formatted = mteb_text(text, has_image=kind[0], instruction=instructions[kind])
-            if image is None:
-                items.append(formatted)
-            elif isinstance(image, (list, tuple)):
-                items.append({"text": formatted, "images": list(image)})
-            else:
-                items.append({"text": formatted, "image": image})
-        return self.encoder.encode(
+        try:
+            texts, images = input_columns(inputs)
+        except ValueError as exc:
+            raise ValueError(f"{task_metadata.name}: {exc}") from exc
+        task = task_view(task_metadata)
+        items = mteb_items(task, side, texts, images, overrides=self.prompts, instructions=self.instructions)
+        vectors = self.encoder.encode(
             items,
             batch_size=kwargs.get("batch_size") or getattr(inputs, "batch_size", None) or 16,
             show_progress=kwargs.get("show_progress_bar", True),
             desc=f"{task_metadata.name} {side or 'inputs'}",
             num_workers=self.num_workers,
         )
+        logger.info("%s %s: %s", task_metadata.name, side or "inputs", self.encoder.last_stats.summary())
+        return vectors
 
 
-def input_columns(inputs) -> tuple[list[str | None], list[Any]]:
-    """The ``text`` and ``image`` of every input of an mteb DataLoader, in order.
-
-    When the loader reads a ``datasets.Dataset`` in order, images are taken undecoded (bytes or path),
-    so that ``MoCaEncoder`` decodes each only when its batch is prepared (memory stays bounded for
-    large page corpora). Otherwise the batches are iterated and images come as the loader gives them.
-
-    Returns:
-        ``(texts, images)``, each of length N; a missing value is ``None``.
-    """
-    import datasets
-    from torch.utils.data import SequentialSampler
-
-    ds = getattr(inputs, "dataset", None)
-    fast = isinstance(ds, datasets.Dataset) and isinstance(getattr(inputs, "sampler", None), SequentialSampler)
-    if fast and "image" in ds.column_names:
-        fast = isinstance(ds.features["image"], datasets.Image)
-    if fast:
-        n = len(ds)
-        texts = list(ds["text"]) if "text" in ds.column_names else [None] * n
-        images: list[Any] = [None] * n
-        if "image" in ds.column_names:
-            raw = ds.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))["image"]
-            images = [None if r is None else (r["bytes"] if r["bytes"] is not None else r["path"]) for r in raw]
-        return texts, images
-    texts, images = [], []
-    for batch in inputs:
-        n = len(next(iter(batch.values())))
-        texts.extend(batch.get("text", [None] * n))
-        images.extend(batch.get("image", [None] * n))
-    return texts, images
+def _follow_mteb_verbosity() -> None:
+    """Show this adapter's log lines (cache hits per call) at ``mteb run -v``'s level, unless a level is set."""
+    ours, theirs = logging.getLogger("moca_bench"), logging.getLogger("mteb")
+    if ours.level == logging.NOTSET and theirs.level != logging.NOTSET:
+        ours.setLevel(theirs.level)
 
 
 def _published_meta(
@@ -326,7 +308,6 @@ __all__ = [
     "MOCA_3B_META",
     "MOCA_7B_META",
     "MoCaMTEBEncoder",
-    "input_columns",
     "model_metas",
     "moca_model_meta",
 ]

@@ -24,6 +24,9 @@ Behaviour worth knowing:
   :class:`moca_model.MoCaInputError` naming its row in the corpus. Note that vidore decodes dataset
   images itself before the retriever sees them, so a corrupt image in a dataset fails there, in
   ``datasets``/PIL (``UnidentifiedImageError``), before any encoding.
+- ``cache_dir`` (``MOCA_CACHE_DIR``) keeps every vector on disk (:mod:`moca_model.cache`): a rerun, or
+  another collection that shares pages, encodes none of them again; the log says how many inputs came
+  from the cache. ``devices`` (``MOCA_DEVICES=all``) encodes on every GPU, one worker process each.
 - ``scores_dir`` (``MOCA_SCORES_DIR``) saves each score matrix as ``scores-NNN.npy`` (one per dataset, in
   evaluation order), for inspecting rankings or checking them against another implementation.
 """
@@ -85,7 +88,11 @@ class MoCaVidoreConfig:
     revision: str | None = None
     """Hub revision of the checkpoint."""
     num_workers: int | None = None
-    """Threads that prepare batches ahead of the model (default: 2 on CUDA, 1 on CPU)."""
+    """Threads that prepare batches ahead of the model (default: 2 on CUDA, 1 on CPU; per device worker)."""
+    devices: str | None = None
+    """Encode on several devices, one worker process each: "all", "cuda:0,cuda:1", "cpu,cpu" (MOCA_DEVICES)."""
+    cache_dir: str | None = None
+    """Persistent embedding cache root (MOCA_CACHE_DIR): a rerun encodes no page it has seen."""
     score_block_mb: float = DEFAULT_BLOCK_MB
     """Device memory per scoring block."""
     scores_dir: str | None = None
@@ -173,6 +180,8 @@ class MoCaVidoreRetriever(BaseVisionRetriever):
             max_length=c.max_length,
             revision=c.revision,
             processor_name_or_path=c.processor_name_or_path,
+            devices=c.devices,
+            cache_dir=c.cache_dir,
             attention=c.attention,
         )
         self._pages_seen = 0  # corpus row of the next page, for error messages; reset after each dataset
@@ -182,6 +191,7 @@ class MoCaVidoreRetriever(BaseVisionRetriever):
         vectors = self.encoder.encode(
             items, batch_size=batch_size, show_progress=False, desc=desc, num_workers=self.config.num_workers
         )
+        logger.info("%s: %s", desc, self.encoder.last_stats.summary())
         return torch.from_numpy(vectors)
 
     def forward_queries(self, queries: Sequence[str], batch_size: int, **kwargs) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """MoCa bidirectional multimodal embeddings on stock transformers' Qwen2.5-VL.
 
 Public API: :class:`MoCaEncoder` (load + encode), :class:`MoCaModel`, :class:`MoCaProcessor`,
-:class:`MoCaInputError`, :class:`MoCaLoadError`. Heavy modules load lazily, so ``import moca_model`` is
-cheap and pulls in no training or benchmark dependency.
+:class:`MoCaInputError`, :class:`MoCaLoadError`, :class:`MoCaWorkerError`. Heavy modules load lazily,
+so ``import moca_model`` is cheap and pulls in no training or benchmark dependency.
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ if TYPE_CHECKING:
     from moca_model.images import MoCaInputError
     from moca_model.loading import MoCaLoadError
     from moca_model.modeling_moca import EmbeddingOutput, MoCaModel
+    from moca_model.parallel import MoCaWorkerError
     from moca_model.processing_moca import IMAGE_PLACEHOLDER, MoCaProcessor
 
 _EXPORTS = {
     "MoCaEncoder": "moca_model.encode",
     "MoCaInputError": "moca_model.images",
     "MoCaLoadError": "moca_model.loading",
+    "MoCaWorkerError": "moca_model.parallel",
     "MoCaModel": "moca_model.modeling_moca",
     "EmbeddingOutput": "moca_model.modeling_moca",
     "MoCaProcessor": "moca_model.processing_moca",

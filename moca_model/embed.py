@@ -8,6 +8,7 @@ shape (N, D), written atomically.
 Examples:
     python -m moca_model.embed --model moca-embed/MoCa-Qwen25VL-3B --input items.jsonl --output vecs.npy
     python -m moca_model.embed --model ./tiny --input items.jsonl --output vecs.npy --similarity
+    python -m moca_model.embed --model M --input items.jsonl --output v.npy --devices all --cache-dir ~/.cache/moca
 """
 
 from __future__ import annotations
@@ -83,6 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-pixels", type=int, default=None, help="per-image lower bound (default 256*28*28)")
     parser.add_argument("--max-pixels", type=int, default=None, help="per-image upper bound (default 1024*28*28)")
     parser.add_argument("--max-length", type=int, default=None, help="token limit incl. image tokens (default 1280)")
+    parser.add_argument(
+        "--devices",
+        default=os.environ.get("MOCA_DEVICES"),
+        help="encode on several devices, one worker process each: all / cuda:0,cuda:1 / cpu,cpu ($MOCA_DEVICES)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        default=os.environ.get("MOCA_CACHE_DIR"),
+        help="persistent embedding cache root; a rerun encodes nothing it has seen ($MOCA_CACHE_DIR)",
+    )
     parser.add_argument("--similarity", action="store_true", help="print the cosine-similarity matrix")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
@@ -99,9 +110,13 @@ def main(argv: list[str] | None = None) -> int:
         min_pixels=args.min_pixels,
         max_pixels=args.max_pixels,
         max_length=args.max_length,
+        devices=args.devices or None,
+        cache_dir=args.cache_dir or None,
         attention=args.attention,
     )
-    vectors = encoder.encode(items, batch_size=args.batch_size, show_progress=not args.no_progress)
+    with encoder:
+        vectors = encoder.encode(items, batch_size=args.batch_size, show_progress=not args.no_progress)
+    logger.info("%s", encoder.last_stats.summary())
     save_npy_atomic(args.output, vectors)
     logger.info("wrote %s with shape %s", args.output, vectors.shape)
     if args.similarity:

@@ -1,61 +1,70 @@
 """MoCaEncoder: the one batch loop that users, the harness adapters and the MMEB runner share.
 
-Items are normalised and de-duplicated, their token counts estimated from image headers, then encoded
-longest-first in batches of similar length (little padding), and the caller's order is restored.
+An ``encode`` call:
+1. normalises the items and keys each by content (:func:`item_key`); identical items count once;
+2. takes what the cache already holds (:mod:`moca_model.cache`: in memory always, on disk with
+   ``cache_dir``), so an input is encoded once across calls and tasks;
+3. estimates the token counts of the rest from image headers, sorts them longest-first and cuts
+   batches of similar length (:func:`length_batches`: little padding);
+4. runs the batches here, or on a pool of device workers (``devices=``, :mod:`moca_model.parallel`),
+   stores the new vectors in the cache, and returns all vectors in the caller's order.
 Images are decoded only when their batch is prepared, so memory stays bounded for large corpora.
+``last_stats`` says what the call did (cache hits, items and batches encoded).
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import logging
-import os
+import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
-from moca_model import moca_config
+from moca_model.batching import length_batches, prefetched
+from moca_model.cache import DEFAULT_MEMORY_MB, EmbeddingCache, EncodeStats, checkpoint_fingerprint
 from moca_model.images import MoCaInputError
-from moca_model.loading import default_attn_implementation, load_model, resolve_checkpoint
-from moca_model.processing_moca import Item, MoCaProcessor, normalize_item
+from moca_model.loading import default_attn_implementation, load_model, load_processor, resolve_checkpoint
+from moca_model.parallel import DevicePool, parse_devices
+from moca_model.processing_moca import Item, MoCaProcessor, item_key, normalize_item
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PROCESSOR = "Qwen/Qwen2.5-VL-3B-Instruct"  # what the reference scripts load the processor from
-
-
-def _image_key(src) -> tuple:
-    if isinstance(src, Image.Image):
-        return ("pil", src.mode, src.size, hashlib.sha1(src.tobytes()).hexdigest())
-    if isinstance(src, (bytes, bytearray, memoryview)):
-        return ("bytes", hashlib.sha1(bytes(src)).hexdigest())
-    if isinstance(src, (str, os.PathLike)):
-        return ("path", str(Path(src).expanduser().resolve()))
-    return ("id", id(src))
-
-
-def item_key(item: Item) -> tuple:
-    """Identity of an item for de-duplication: its text and the identity of each image."""
-    return (item.text, *(_image_key(src) for src in item.images))
+CACHE_SUBDIR = "embeddings"  # <cache_dir>/embeddings/<namespace>/...; the MMEB runner uses <cache_dir>/mmeb
 
 
 class MoCaEncoder:
     r"""Encode text, images and interleaved inputs into unit-norm MoCa embeddings.
+
+    Args:
+        model: a ``MoCaModel`` (None when ``pool`` runs the model).
+        processor: the :class:`MoCaProcessor`.
+        device: where ``model`` runs (default: its parameters' device; with a pool, its first device).
+        cache: an :class:`EmbeddingCache`; None gives a memory-only one (1 GiB); False disables caching.
+        pool: a :class:`moca_model.parallel.DevicePool` that runs the batches instead of ``model``.
 
     Example:
         >>> enc = MoCaEncoder.from_pretrained("moca-embed/MoCa-Qwen25VL-3B")  # doctest: +SKIP
         >>> vecs = enc.encode(["a query", {"image": "page.png", "text": "\\nRepresent the given document image."}])
     """
 
-    def __init__(self, model, processor: MoCaProcessor, *, device: torch.device | str | None = None):
-        self.model = model.eval()
+    def __init__(self, model, processor: MoCaProcessor, *, device=None, cache=None, pool: DevicePool | None = None):
+        if model is None and pool is None:
+            raise ValueError("MoCaEncoder needs a model or a device pool")
+        self.model = model.eval() if model is not None else None
         self.processor = processor
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.pool = pool
+        if device is None:
+            device = next(model.parameters()).device if model is not None else pool.devices[0]
+        self.device = torch.device(device)
+        self.cache = EmbeddingCache() if cache is None else (cache or None)
+        self._weights_version = self._current_weights_version()
+        self._warned_weights = False
+        self.last_stats = EncodeStats()
+        self.total_stats = EncodeStats()
 
     @classmethod
     def from_pretrained(
@@ -70,13 +79,19 @@ class MoCaEncoder:
         max_length: int | None = None,
         revision: str | None = None,
         processor_name_or_path: str | Path | None = None,
+        devices: str | Sequence[str] | None = None,
+        cache_dir: str | Path | None = None,
+        cache_memory_mb: float = DEFAULT_MEMORY_MB,
+        worker_threads: int | None = None,
+        video_min_pixels: int | None = None,
+        video_max_pixels: int | None = None,
         attention: str | None = None,
     ) -> MoCaEncoder:
         """Load model and processor from a local directory or a hub id.
 
         Args:
             name_or_path: checkpoint directory or hub id (e.g. ``moca-embed/MoCa-Qwen25VL-3B``).
-            device: default CUDA when available, else CPU.
+            device: default CUDA when available, else CPU (ignored with ``devices``).
             dtype: default bfloat16 on CUDA, float32 on CPU.
             attn_implementation: default flash_attention_2 on CUDA when installed, else sdpa.
             min_pixels: per-image lower bound in pixels (default 256 * 28²).
@@ -85,35 +100,65 @@ class MoCaEncoder:
             revision: hub revision.
             processor_name_or_path: where the tokenizer comes from when the checkpoint has none
                 (default: the checkpoint, then ``Qwen/Qwen2.5-VL-3B-Instruct``, as the reference does).
+            devices: encode on several devices, one spawned worker process each: a list
+                (``["cuda:0", "cuda:1"]``, ``["cpu", "cpu"]``), a comma-separated string, or ``"all"``
+                (every GPU). A single device runs in this process, as ``device`` would.
+            cache_dir: persistent embedding cache root (vectors go to ``<cache_dir>/embeddings``).
+            cache_memory_mb: in-memory cache bound in MiB (0: none).
+            worker_threads: torch threads per device worker (default: the CPUs divided among them).
+            video_min_pixels: per-frame lower bound for videos (default 128 * 28²).
+            video_max_pixels: per-frame upper bound for videos (default 256 * 28²).
             attention: ``bidirectional`` or ``causal``; default the checkpoint's ``moca_config.json``
                 (bidirectional when it records none, as every released MoCa checkpoint).
 
         Returns:
             A ready encoder.
         """
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
-        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         path = resolve_checkpoint(name_or_path, revision=revision)
+        pixels = {"min_pixels": min_pixels, "max_pixels": max_pixels, "max_length": max_length,
+                  "video_min_pixels": video_min_pixels, "video_max_pixels": video_max_pixels}  # fmt: skip
+        processor, proc_dir = load_processor(path, processor_name_or_path, **pixels)
+        memory_only = cache_dir is None
+        cache = EmbeddingCache(
+            memory_mb=cache_memory_mb,
+            directory=None if memory_only else Path(cache_dir).expanduser() / CACHE_SUBDIR,
+            fingerprint=None if memory_only else checkpoint_fingerprint(path, proc_dir),
+        )
+        worker_devices = parse_devices(devices)
+        if worker_devices and len(worker_devices) == 1:  # one device: no worker process needed
+            device, worker_devices = worker_devices[0], None
+        if worker_devices:
+            load = {"dtype": dtype, "attn_implementation": attn_implementation, "processor_name_or_path": proc_dir,
+                    "attention": attention, **pixels}  # fmt: skip
+            factory = functools.partial(_worker_encoder, str(path), load)
+            return cls(None, processor, cache=cache, pool=DevicePool(factory, worker_devices, threads=worker_threads))
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         impl = attn_implementation or default_attn_implementation(device)
         model = load_model(path, device=device, dtype=dtype, attn_implementation=impl, attention=attention)
-        has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
-        if processor_name_or_path is None and has_tokenizer:
-            proc_dir = path
-        else:
-            proc_dir = resolve_checkpoint(processor_name_or_path or DEFAULT_PROCESSOR)
-        settings = _given(min_pixels, max_pixels, max_length)
-        if proc_dir != path:  # the checkpoint's own moca_config.json still wins over the processor's
-            settings = {**moca_config.processing_settings(path), **settings}
-        processor = MoCaProcessor.from_pretrained(proc_dir, **settings)
         logger.info("loaded %s (%s, %s, %s attention) on %s", name_or_path, impl, dtype, model.attention, device)
-        return cls(model, processor, device=device)
+        return cls(model, processor, device=device, cache=cache)
 
     @property
     def dim(self) -> int:
         """Embedding dimension (the LLM hidden size: 2048 for 3B, 3584 for 7B)."""
-        return self.model.config.text_config.hidden_size
+        return self.pool.info["dim"] if self.model is None else self.model.config.text_config.hidden_size
+
+    def vector_settings(self) -> dict:
+        """Everything besides the weights that changes the vectors (part of every cache key)."""
+        if self.model is None:
+            return dict(self.pool.info["settings"])
+        ip, proc = self.processor.image_processor, self.processor
+        return {
+            "dtype": str(next(self.model.parameters()).dtype),
+            "attn_implementation": self.model.attn_implementation,
+            "bidirectional": bool(self.model.bidirectional),
+            "min_pixels": proc.min_pixels, "max_pixels": proc.max_pixels, "max_length": proc.max_length,
+            "video_min_pixels": proc.video_min_pixels, "video_max_pixels": proc.video_max_pixels,
+            "image": [ip.patch_size, ip.temporal_patch_size, ip.merge_size, list(ip.image_mean), list(ip.image_std)],
+        }  # fmt: skip
 
     def encode(
         self,
@@ -129,102 +174,133 @@ class MoCaEncoder:
         Args:
             items: each a ``str``, a ``PIL.Image.Image``, or a mapping ``{"text": str | None,
                 "image": PIL | path | bytes | None}``; interleaved input is ``{"text": "... <|vision_start|>
-                <|image_pad|><|vision_end|> ...", "images": [...]}``.
+                <|image_pad|><|vision_end|> ...", "images": [...]}``; a video is ``{"text": ..., "video":
+                frame folder | [frames] | Video}`` (a folder is sampled to ``num_frames``, default 8, as
+                the MMEB-V2 reference does; see :mod:`moca_model.video`).
             batch_size: items per forward pass.
             show_progress: tqdm progress bar.
             desc: progress-bar label.
             num_workers: threads that decode and patchify the next batches while the model runs
-                (default 2 on CUDA, 1 on CPU; 0 prepares batches inline).
+                (default 2 on CUDA, 1 on CPU; 0 prepares batches inline). With ``devices``, each worker
+                prepares its next batch in one thread, or inline when this is 0.
 
         Returns:
             (N, D) float32 array in the caller's order.
 
         Raises:
             MoCaInputError: an item that cannot be encoded; the message names its index.
+            moca_model.parallel.MoCaWorkerError: a device worker died (no partial result).
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        start = time.perf_counter()
+        stats = EncodeStats(inputs=len(items))
         if len(items) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         normalized = [normalize_item(x, i) for i, x in enumerate(items)]
-        first_index: dict[tuple, int] = {}  # item identity -> unique id
+        first: dict[str, int] = {}  # content key -> unique id
         originals: list[int] = []  # unique id -> caller index of its first occurrence
         inverse = np.empty(len(items), dtype=np.int64)
         for i, item in enumerate(normalized):
-            key = item_key(item)
-            if key not in first_index:
-                first_index[key] = len(originals)
+            inverse[i] = first.setdefault(item_key(item, i), len(originals))
+            if inverse[i] == len(originals):
                 originals.append(i)
-            inverse[i] = first_index[key]
-        lengths = [
-            self.processor.estimate_length(normalized[originals[u]], originals[u]) for u in range(len(originals))
-        ]
-        order = sorted(range(len(originals)), key=lambda u: -lengths[u])
-        batches = length_batches(order, lengths, batch_size)
-        out = np.zeros((len(originals), self.dim), dtype=np.float32)
-        workers = num_workers if num_workers is not None else (2 if self.device.type == "cuda" else 1)
-        bar = tqdm(total=len(originals), desc=desc, unit="item", disable=not show_progress)
-        for batch, inputs in self._prepared(batches, normalized, originals, workers):
-            out[batch] = self._forward(inputs)
-            bar.update(len(batch))
-        bar.close()
+        keys = list(first)
+        stats.unique = len(keys)
+        out = np.zeros((len(keys), self.dim), dtype=np.float32)
+        namespace, todo = self._from_cache(keys, out, stats)
+        if todo:
+            entries = [(originals[u], normalized[originals[u]]) for u in todo]
+            lengths = [self.processor.estimate_length(item, index) for index, item in entries]
+            order = sorted(range(len(todo)), key=lambda k: -lengths[k])
+            batches = [[todo[k] for k in b] for b in length_batches(order, lengths, batch_size)]
+            bar = tqdm(total=len(todo), desc=desc, unit="item", disable=not show_progress)
+            for ids, vectors in self._run(batches, normalized, originals, num_workers):
+                out[ids] = vectors
+                bar.update(len(ids))
+            bar.close()
+            stats.encoded, stats.batches = len(todo), len(batches)
+            if self.cache is not None:
+                self.cache.store(namespace, [keys[u] for u in todo], out[todo], settings=self.vector_settings(),
+                                 disk=self._disk_ok())  # fmt: skip
+        stats.seconds = time.perf_counter() - start
+        self._record(stats)
         return out[inverse]
 
-    def _prepare(self, batch: list[int], normalized: list[Item], originals: list[int]) -> dict[str, torch.Tensor]:
-        encoded = [self.processor.process(normalized[originals[u]], originals[u]) for u in batch]
-        return self.processor.collate(encoded)
+    def _from_cache(self, keys: list[str], out: np.ndarray, stats: EncodeStats) -> tuple[str, list[int]]:
+        """Fill ``out`` with cached vectors; returns the namespace and the unique ids still to encode."""
+        if self.cache is None:
+            return "", list(range(len(keys)))
+        settings = {**self.vector_settings(), "weights_version": self._current_weights_version()}
+        disk = self._disk_ok()
+        if disk:  # the disk namespace must not depend on the in-process weight version
+            settings.pop("weights_version")
+        namespace = self.cache.namespace(settings)
+        found, hits = self.cache.lookup(namespace, keys, disk=disk)
+        for u, vec in found.items():
+            out[u] = vec
+        stats.add(hits)
+        return namespace, [u for u in range(len(keys)) if u not in found]
 
-    def _prepared(self, batches, normalized, originals, workers: int) -> Iterable[tuple[list[int], dict]]:
-        if workers <= 0:
-            for batch in batches:
-                yield batch, self._prepare(batch, normalized, originals)
+    def _disk_ok(self) -> bool:
+        """The disk cache is used only while the weights are those the fingerprint describes."""
+        if self.cache is None or self.cache.directory is None:
+            return False
+        if self._current_weights_version() != self._weights_version:
+            if not self._warned_weights:
+                logger.warning("the model's weights changed since loading: the disk cache is not used any more")
+                self._warned_weights = True
+            return False
+        return True
+
+    def _current_weights_version(self) -> int:
+        """Sum of the parameters' in-place modification counters (changes when weights are trained)."""
+        if self.model is None:
+            return 0
+        return sum(getattr(p, "_version", 0) for p in self.model.parameters())
+
+    def _record(self, stats: EncodeStats) -> None:
+        self.last_stats = stats
+        self.total_stats.add(stats)
+        logger.debug("encode: %s in %.2f s", stats.summary(), stats.seconds)
+
+    def _run(self, batches, normalized, originals, num_workers) -> Iterable[tuple[list[int], np.ndarray]]:
+        """(unique ids, vectors) per batch, here or on the device pool."""
+        entries = [[(originals[u], normalized[originals[u]]) for u in b] for b in batches]
+        if self.pool is not None:
+            done: list[tuple[list[int], np.ndarray]] = []
+            self.pool.run(entries, lambda b, vectors: done.append((batches[b], vectors)), inline=num_workers == 0)
+            yield from done
             return
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(self._prepare, b, normalized, originals) for b in batches[: workers + 1]]
-            for k, batch in enumerate(batches):
-                if k + workers + 1 < len(batches):
-                    futures.append(pool.submit(self._prepare, batches[k + workers + 1], normalized, originals))
-                yield batch, futures[k].result()
+        workers = num_workers if num_workers is not None else (2 if self.device.type == "cuda" else 1)
+        for b, inputs in prefetched(entries, self.prepare_batch, workers):
+            yield batches[b], self.forward_batch(inputs)
+
+    def prepare_batch(self, entries: Sequence[tuple[int, Item]]) -> dict[str, torch.Tensor]:
+        """Tokenize, decode and patchify ``(caller index, item)`` pairs into one padded batch."""
+        return self.processor.collate([self.processor.process(item, index) for index, item in entries])
 
     @torch.inference_mode()
-    def _forward(self, inputs: dict[str, torch.Tensor]) -> np.ndarray:
+    def forward_batch(self, inputs: dict[str, torch.Tensor]) -> np.ndarray:
+        """(B, D) float32 unit vectors of a prepared batch."""
         inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
         return self.model(**inputs).embeddings.float().cpu().numpy()
 
+    def close(self) -> None:
+        """Stop the device workers, if any (the encoder cannot encode afterwards)."""
+        if self.pool is not None:
+            self.pool.close()
 
-PAD_TOLERANCE = 0.1  # a batch closes early rather than pad an item by more than 10% of the batch length
-PAD_SLACK = 16  # ... unless the padding is at most this many tokens (short texts)
+    def __enter__(self) -> MoCaEncoder:
+        return self
 
-
-def length_batches(order: list[int], lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Cut items sorted by decreasing length into batches of at most ``batch_size`` similar lengths.
-
-    A batch also closes when the next item is shorter than its longest by more than
-    ``max(PAD_TOLERANCE * longest, PAD_SLACK)`` tokens, which bounds padding on corpora with few items
-    of very different lengths (where fixed-size batches would pad a lot).
-
-    Args:
-        order: item ids sorted by decreasing length.
-        lengths: token count of each item id.
-        batch_size: maximum items per batch.
-
-    Returns:
-        The batches, as lists of item ids.
-    """
-    batches: list[list[int]] = []
-    for u in order:
-        if batches and len(batches[-1]) < batch_size:
-            longest = lengths[batches[-1][0]]
-            if longest - lengths[u] <= max(PAD_TOLERANCE * longest, PAD_SLACK):
-                batches[-1].append(u)
-                continue
-        batches.append([u])
-    return batches
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-def _given(min_pixels, max_pixels, max_length) -> dict:
-    given = {"min_pixels": min_pixels, "max_pixels": max_pixels, "max_length": max_length}
-    return {k: v for k, v in given.items() if v is not None}
+def _worker_encoder(path: str, load: dict, device: str) -> MoCaEncoder:
+    """What each device worker builds (module-level so that spawn can pickle it)."""
+    return MoCaEncoder.from_pretrained(path, device=device, cache_memory_mb=0, **load)
 
 
-__all__ = ["MoCaEncoder", "MoCaInputError", "item_key"]
+__all__ = ["EncodeStats", "MoCaEncoder", "MoCaInputError", "item_key"]

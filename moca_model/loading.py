@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 # Applied in order, first match wins (transformers' ``key_mapping`` semantics).
 _IGNORED_PREFIXES = ("lm_head.", "mae_")
 _HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
+DEFAULT_PROCESSOR = "Qwen/Qwen2.5-VL-3B-Instruct"  # what the reference scripts load the processor from
 
 
 class MoCaLoadError(RuntimeError):
@@ -192,6 +193,32 @@ def _verify_against_file(model: MoCaModel, keys: dict[str, Path], mapping: dict[
         loaded = params[map_key(key, mapping)].detach().cpu()
         if not torch.equal(loaded, stored.to(loaded.dtype)):
             raise MoCaLoadError(f"weight {key!r} differs from the file after loading (key layout not understood)")
+
+
+def load_processor(path: Path, processor_name_or_path: str | Path | None = None, **settings) -> tuple:
+    """The checkpoint's processor, or ``processor_name_or_path``'s when given or when the checkpoint has none.
+
+    Args:
+        path: the resolved checkpoint folder.
+        processor_name_or_path: tokenizer source (default: the checkpoint, then ``DEFAULT_PROCESSOR``, as
+            the reference scripts load it).
+        **settings: ``min_pixels``, ``max_pixels``, ``max_length`` overrides (None: the checkpoint's
+            ``moca_config.json``, then the paper's values).
+
+    Returns:
+        ``(MoCaProcessor, the folder the tokenizer came from)``.
+    """
+    from moca_model.processing_moca import MoCaProcessor
+
+    has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+    if processor_name_or_path is None and has_tokenizer:
+        proc_dir = path
+    else:
+        proc_dir = resolve_checkpoint(processor_name_or_path or DEFAULT_PROCESSOR)
+    settings = {k: v for k, v in settings.items() if v is not None}
+    if proc_dir != path:  # the checkpoint's own moca_config.json still wins (its processing keys)
+        settings = {**moca_config.processing_settings(path), **settings}
+    return MoCaProcessor.from_pretrained(proc_dir, **settings), proc_dir
 
 
 def read_config(path: Path) -> dict:

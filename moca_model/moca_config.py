@@ -2,7 +2,8 @@
 
 Keys (all optional):
 
-- ``min_pixels``, ``max_pixels``, ``max_length``: processing defaults, read by :class:`MoCaProcessor`.
+- ``min_pixels``, ``max_pixels``, ``max_length``, ``video_min_pixels``, ``video_max_pixels``: processing
+  defaults, read by :class:`MoCaProcessor`.
 - ``attention``: ``"bidirectional"`` or ``"causal"``, how the text decoder attends; read by
   :func:`moca_model.loading.load_model`. Absent means bidirectional, as in every released MoCa checkpoint.
   ``MoCaModel.save_pretrained`` records it, so every checkpoint a training stage writes says how it was
@@ -17,7 +18,7 @@ import json
 from pathlib import Path
 
 FILE = "moca_config.json"
-PROCESSING_KEYS = ("min_pixels", "max_pixels", "max_length")
+PROCESSING_KEYS = ("min_pixels", "max_pixels", "max_length", "video_min_pixels", "video_max_pixels")
 ATTENTION_MODES = ("bidirectional", "causal")
 DEFAULT_ATTENTION = "bidirectional"
 
@@ -38,7 +39,7 @@ def read(directory: str | Path) -> dict:
 
 
 def processing_settings(directory: str | Path) -> dict:
-    """Only the processing keys (``min_pixels``, ``max_pixels``, ``max_length``) that the file sets."""
+    """Only the processing keys (:data:`PROCESSING_KEYS`) that the file sets."""
     return {k: v for k, v in read(directory).items() if k in PROCESSING_KEYS}
 
 

@@ -5,7 +5,8 @@ bidirectional (see :mod:`moca_model.bidirectional`), and the output is the mask-
 final-norm hidden states, L2-normalised. There is no LM head: the class is the base model, so a
 checkpoint's ``lm_head.weight`` is never materialised.
 
-Shapes: B batch, T tokens, D hidden size, P patch rows (each 3 * 2 * 14 * 14 = 1176 values), I images.
+Shapes: B batch, T tokens, D hidden size, P patch rows (each 3 * 2 * 14 * 14 = 1176 values), I images,
+V videos.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from transformers import Qwen2_5_VLModel
 from transformers.utils import ModelOutput
 
 from moca_model import moca_config
-from moca_model.bidirectional import attention_mask_for, set_causal
+from moca_model.bidirectional import decoder_mask, set_causal
 from moca_model.compat import check_transformers_version, rope_index
 from moca_model.pooling import l2_normalize, mean_pool
 
@@ -48,6 +49,7 @@ class MoCaModel(Qwen2_5_VLModel):
     def __init__(self, config):
         super().__init__(config)
         self.bidirectional = True
+        self.unpadded_fast_path = True  # no mask for batches without padding (see moca_model.bidirectional)
         set_causal(self.language_model, causal=False)
 
     def set_bidirectional(self, bidirectional: bool) -> None:
@@ -82,6 +84,8 @@ class MoCaModel(Qwen2_5_VLModel):
         pixel_values: torch.Tensor | None = None,
         image_grid_thw: torch.Tensor | None = None,
         *,
+        pixel_values_videos: torch.Tensor | None = None,
+        video_grid_thw: torch.Tensor | None = None,
         normalize: bool = True,
         position_ids: torch.Tensor | None = None,
         **kwargs,
@@ -93,6 +97,8 @@ class MoCaModel(Qwen2_5_VLModel):
             attention_mask: (B, T) 1 on real tokens; None means no padding.
             pixel_values: (P, 1176) patch rows of all images in row-major batch order, or None.
             image_grid_thw: (I, 3) patch grid of each image, or None.
+            pixel_values_videos: (P_v, 1176) patch rows of all videos in row-major batch order, or None.
+            video_grid_thw: (V, 3) patch grid of each video, or None.
             normalize: L2-normalise the pooled embeddings.
             position_ids: (3, B, T) mRoPE positions when the caller already has them (CPT reuses them
                 for its MAE decoder); computed here otherwise.
@@ -104,16 +110,22 @@ class MoCaModel(Qwen2_5_VLModel):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if position_ids is None:
-            position_ids = rope_index(self, input_ids, attention_mask, image_grid_thw, self.config.image_token_id)
+            position_ids = rope_index(
+                self, input_ids, attention_mask, image_grid_thw, self.config.image_token_id, video_grid_thw
+            )
         mask = attention_mask
         if self.bidirectional:
-            mask = attention_mask_for(attention_mask, implementation=self.attn_implementation, dtype=self.dtype)
+            mask = decoder_mask(
+                attention_mask, implementation=self.attn_implementation, dtype=self.dtype, fast=self.unpadded_fast_path
+            )
         out = super().forward(
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=position_ids,
             pixel_values=pixel_values,
             image_grid_thw=image_grid_thw,
+            pixel_values_videos=pixel_values_videos,
+            video_grid_thw=video_grid_thw,
             use_cache=False,
             return_dict=True,
             **kwargs,

@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 TINY_MIN_PIXELS = 4 * 28 * 28
 TINY_MAX_PIXELS = 64 * 28 * 28
 TINY_MAX_LENGTH = 512
+TINY_VIDEO_MAX_PIXELS = 16 * 28 * 28  # per frame: 8 frames stay within 64 visual tokens
 
 
 def _layout_key(key: str, layout: str) -> str:
@@ -74,7 +75,8 @@ def write_tiny_checkpoint(
     cfg["architectures"] = ["Qwen2_5_VLForConditionalGeneration"]
     (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n")
     processor = MoCaProcessor(
-        tokenizer, min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS, max_length=TINY_MAX_LENGTH
+        tokenizer, min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS, max_length=TINY_MAX_LENGTH,
+        video_min_pixels=TINY_MIN_PIXELS, video_max_pixels=TINY_VIDEO_MAX_PIXELS,
     )
     processor.save_pretrained(out)
     logger.info("wrote tiny %s checkpoint to %s", layout, out)

@@ -9,6 +9,7 @@ with its own data/loss sections in ``moca_train/<stage>/config.py``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -101,7 +102,13 @@ class TrainConfig:
     learning_rate: float = 1e-5
     """Peak learning rate (AdamW)."""
     warmup_ratio: float = 0.05
-    """Fraction of ``max_steps`` with linear warmup from 0; then linear decay to 0."""
+    """Fraction of ``max_steps`` spent warming up (W = ceil(ratio * max_steps), as HF computes it); then
+    linear decay to 0 at ``max_steps``."""
+    warmup: Literal["log", "linear"] = "log"
+    """Warmup shape. ``log``: DeepSpeed ``WarmupDecayLR``'s default, factor log(k + 1) / log(W) at step k < W
+    (W at least 2; step 0 runs at LR 0), which is what the reference ran: its DeepSpeed config declares that
+    scheduler, so HF ignores the script's ``--lr_scheduler_type linear``. ``linear``: HF's linear warmup k / W,
+    the schedule the script's flag names. The paper does not say."""
     weight_decay: float = 0.0
     """AdamW weight decay on matrices (biases and norms are never decayed); HF default 0."""
     adam_beta1: float = 0.9
@@ -113,7 +120,13 @@ class TrainConfig:
     grad_accum_steps: int = 1
     """Micro-batches accumulated per optimizer step (each rank). Contrastive stages keep 1 and use GradCache."""
     max_grad_norm: float | None = 5.0
-    """Clip the global gradient norm to this value (reference: 5.0); None disables clipping."""
+    """Clip the global gradient norm to this value (reference script: 5.0); None disables clipping. The norm is
+    that of the gradient the reference's DeepSpeed engine clips: each rank's gradient of the stage's loss as
+    the reference defines it, averaged over ranks. CPT: the gradient of the mean micro-batch loss. CL: the
+    reference does not scale its global-batch loss by the number of ranks W, so its averaged gradient is the
+    full-batch gradient / W; clipping therefore binds when the full-batch gradient norm exceeds W times this
+    value, exactly as in the reference with W ranks (the optimizer itself always gets the full-batch gradient,
+    so runs with different W agree whenever clipping does not bind). ``grad_norm`` in the logs is this norm."""
     mixed_precision: Literal["no", "bf16"] = "no"
     """Autocast: ``bf16`` on GPU (the reference's setting), ``no`` for exact CPU runs."""
     log_every: int = 10
@@ -137,6 +150,7 @@ class TrainConfig:
         _check(self.max_steps > 0, "train.max_steps", f"must be > 0, got {self.max_steps}")
         _check(self.learning_rate > 0, "train.learning_rate", f"must be > 0, got {self.learning_rate}")
         _check(0.0 <= self.warmup_ratio < 1.0, "train.warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        _check(self.warmup in ("log", "linear"), "train.warmup", f"must be 'log' or 'linear', got {self.warmup!r}")
         _check(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay}")
         _check(self.grad_accum_steps >= 1, "train.grad_accum_steps", f"must be >= 1, got {self.grad_accum_steps}")
         _check(self.max_grad_norm is None or self.max_grad_norm > 0, "train.max_grad_norm", "must be > 0 or null")
@@ -147,5 +161,5 @@ class TrainConfig:
         _check(self.report_to in ("none", "tensorboard", "wandb"), "train.report_to", "must be none|tensorboard|wandb")
 
     def warmup_steps(self) -> int:
-        """Warmup length in optimizer steps."""
-        return int(self.warmup_ratio * self.max_steps)
+        """Warmup length W in optimizer steps: ``ceil(warmup_ratio * max_steps)`` (HF ``get_warmup_steps``)."""
+        return math.ceil(self.warmup_ratio * self.max_steps)

@@ -22,8 +22,10 @@ hands each rank its slice (nothing is wrapped by ``accelerator.prepare``), so th
 step is the same whatever the number of ranks.
 
 Per step: forward/backward under ``accelerator.accumulate`` (bf16 autocast when
-``mixed_precision: bf16``), gradient clipping, AdamW, linear warmup then linear decay, metrics
-averaged over micro-batches and ranks. Logs go to stdout (``logging``) with a tqdm bar, to
+``mixed_precision: bf16``), zero gradients for parameters the step did not use (so one process moves
+them exactly as DDP and the reference's DeepSpeed do), gradient clipping in the reference's units, AdamW,
+DeepSpeed's log (or linear) warmup then linear decay (:mod:`moca_train.optim`), metrics averaged over
+micro-batches and ranks. Logs go to stdout (``logging``) with a tqdm bar, to
 ``output_dir/log.jsonl``, and to TensorBoard/W&B via ``report_to``.
 
 Checkpoints: ``output_dir/checkpoint-<step>/`` holds the model as written by ``save_model_fn``
@@ -35,11 +37,14 @@ leaves a half-written ``checkpoint-*``. Resuming restores all of it, so the loss
 exactly as an uninterrupted run (same numbers to 1e-6 on CPU; tested).
 
 Launch: ``python -m ...`` (one process), ``torchrun --nproc_per_node N -m ...`` (DDP), or
-``accelerate launch --config_file fsdp.yaml|deepspeed.yaml -m ...`` (FSDP / DeepSpeed).
+``accelerate launch --config_file configs/accelerate/{fsdp,deepspeed_zero3}.yaml -m ...`` (FSDP2 /
+DeepSpeed ZeRO-3); :mod:`moca_train.launcher` builds the ``Accelerator`` without accelerate's silent
+CPU fallbacks (FSDP runs as FSDP2 on CPU ranks too).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -51,6 +56,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from moca_train.checkpoint import ACCEL_DIR, STATE_FILE, resolve_resume, save_checkpoint
+from moca_train.launcher import build_accelerator
+from moca_train.optim import (
+    build_optimizer,
+    build_scheduler,
+    configure_deepspeed_clipping,
+    finish_gradients,
+    is_deepspeed,
+)
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -76,43 +89,6 @@ class BatchSource(Protocol):
     def load_state_dict(self, state: dict) -> None: ...  # noqa: D102
 
 
-def build_accelerator(cfg: TrainConfig) -> Accelerator:
-    """An ``Accelerator`` for ``cfg``: mixed precision, accumulation, tracker; distributed setup from the launcher."""
-    from accelerate import Accelerator
-
-    return Accelerator(
-        # without cpu=True accelerate ignores torchrun's WORLD_SIZE on CUDA-less machines: N independent runs
-        cpu=not torch.cuda.is_available(),
-        mixed_precision=cfg.mixed_precision,
-        gradient_accumulation_steps=cfg.grad_accum_steps,
-        step_scheduler_with_optimizer=False,  # the engine steps the scheduler once per optimizer step
-        log_with=None if cfg.report_to == "none" else cfg.report_to,
-        project_dir=cfg.output_dir,
-    )
-
-
-def lr_factor(step: int, *, warmup_steps: int, total_steps: int) -> float:
-    """Multiplier of the peak LR at optimizer step ``step`` (0-based): linear warmup, then linear decay to 0."""
-    if step < warmup_steps:
-        return (step + 1) / (warmup_steps + 1)
-    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over trainable parameters; matrices decay, biases and norm weights (ndim < 2) do not."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(
-        [g for g in groups if g["params"]],
-        lr=cfg.learning_rate,
-        betas=(cfg.adam_beta1, cfg.adam_beta2),
-        eps=cfg.adam_epsilon,
-    )
-
-
 def default_save_model(model: torch.nn.Module, directory: Path, state_dict: dict | None) -> None:
     """``model.save_pretrained(directory)`` in safetensors, with the gathered state dict under FSDP/ZeRO-3."""
     model.save_pretrained(directory, state_dict=state_dict, safe_serialization=True)
@@ -128,8 +104,12 @@ def _mean_logs(accelerator: Accelerator, logs: dict[str, float]) -> dict[str, fl
     return dict(zip(keys, values.tolist()))
 
 
-def _run_step(model, batch_iter, accelerator, cfg, loss_fn, step_fn) -> dict[str, float]:
-    """Forward/backward over ``grad_accum_steps`` micro-batches; metrics averaged over them."""
+def _run_step(model, batch_iter, accelerator, *, cfg, loss_fn, step_fn, divisor) -> tuple[dict[str, float], float]:
+    """Forward/backward over ``grad_accum_steps`` micro-batches, then :func:`finish_gradients`.
+
+    Returns:
+        ``(metrics averaged over the micro-batches, gradient norm in the config's units)``.
+    """
     totals: dict[str, float] = {}
     for _ in range(cfg.grad_accum_steps):
         batch = next(batch_iter)
@@ -142,7 +122,7 @@ def _run_step(model, batch_iter, accelerator, cfg, loss_fn, step_fn) -> dict[str
                 logs = {"loss": loss.detach().float().item(), **extra}
         for key, value in logs.items():
             totals[key] = totals.get(key, 0.0) + float(value) / cfg.grad_accum_steps
-    return totals
+    return totals, finish_gradients(model, accelerator, max_grad_norm=cfg.max_grad_norm, divisor=divisor)
 
 
 def train(
@@ -155,6 +135,7 @@ def train(
     save_model_fn: SaveModelFn | None = None,
     run_config: Any = None,
     accelerator: Accelerator | None = None,
+    grad_norm_divisor: float = 1.0,
 ) -> list[dict[str, float]]:
     """Train ``model`` for ``cfg.max_steps`` optimizer steps, resuming per ``cfg.resume``.
 
@@ -168,6 +149,8 @@ def train(
         save_model_fn: writes the model into a checkpoint folder; default ``save_pretrained``.
         run_config: root config dataclass written as ``run_config.yaml`` next to each checkpoint.
         accelerator: reuse an ``Accelerator`` (e.g. one created before building rank-aware data).
+        grad_norm_divisor: the accumulated gradient is this many times the gradient ``cfg.max_grad_norm``
+            refers to (CL: its loss is scaled by the number of ranks, the reference's is not).
 
     Returns:
         One dict per optimizer step (``step``, ``loss``, ``lr``, ``grad_norm`` and the loss logs,
@@ -182,10 +165,9 @@ def train(
     set_seed(cfg.seed)
     model.train()
     optimizer = build_optimizer(model, cfg)
-    warmup = cfg.warmup_steps()
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, warmup_steps=warmup, total_steps=cfg.max_steps)
-    )
+    scheduler = build_scheduler(optimizer, cfg)
+    if is_deepspeed(accelerator):
+        configure_deepspeed_clipping(accelerator, cfg.max_grad_norm, grad_norm_divisor)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     history: list[dict[str, float]] = []
     start = 0
@@ -198,24 +180,13 @@ def train(
         logger.info("resumed from %s at step %d", ckpt, start)
     if cfg.report_to != "none":
         accelerator.init_trackers(cfg.run_name or Path(cfg.output_dir).name)
-    return _loop(
-        model,
-        optimizer,
-        scheduler,
-        batches,
-        accelerator,
-        cfg,
-        loss_fn,
-        step_fn,
-        save_model_fn,
-        run_config,
-        start,
-        history,
-    )
+    step = functools.partial(_run_step, cfg=cfg, loss_fn=loss_fn, step_fn=step_fn, divisor=grad_norm_divisor)
+    return _loop(model, optimizer, scheduler, batches, accelerator, cfg, step, save_model_fn, run_config, start,
+                 history)  # fmt: skip
 
 
 def _loop(
-    model, optimizer, scheduler, batches, accelerator, cfg, loss_fn, step_fn, save_model_fn, run_config, start, history
+    model, optimizer, scheduler, batches, accelerator, cfg, run_step, save_model_fn, run_config, start, history
 ) -> list[dict[str, float]]:
     from tqdm.auto import tqdm
 
@@ -234,12 +205,8 @@ def _loop(
     tic = time.perf_counter()
     for step in range(start, cfg.max_steps):
         lr = scheduler.get_last_lr()[0]
-        logs = _run_step(model, batch_iter, accelerator, cfg, loss_fn, step_fn)
-        grad_norm = math.nan
-        if cfg.max_grad_norm is not None:
-            norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            grad_norm = float(norm) if norm is not None else math.nan  # DeepSpeed clips internally
-        optimizer.step()
+        logs, grad_norm = run_step(model, batch_iter, accelerator)
+        optimizer.step()  # DeepSpeed: a no-op, its engine stepped inside accelerator.backward
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         record = {"step": step + 1, "lr": lr, "grad_norm": grad_norm, **_mean_logs(accelerator, logs)}

@@ -14,7 +14,9 @@ forward pass. Under DDP either pass ``no_sync`` (every re-forward but the last s
 or, as ``moca_train.cl`` does, run the whole step inside ``no_sync`` and average the gradients once
 with ``moca_train.distributed.all_reduce_gradients`` (robust to parameters a chunk does not use).
 Under FSDP pass ``no_sync=None`` (each chunk reduce-scatters; no unsharded gradient is held).
-DeepSpeed's engine steps on each ``backward`` and is not supported with more than one chunk.
+Under DeepSpeed, whose engine steps at every accumulation boundary, pass a ``no_sync`` that marks the
+backward passes inside it as non-boundary (``moca_train.cl.train.deepspeed_backward``): the engine then
+accumulates every chunk and steps once, after the last.
 
 Shapes: N rows of one group (e.g. all queries of this rank), D embedding dim.
 """
@@ -88,8 +90,8 @@ def gradcache_step(
         groups: name -> chunks; every rank must pass the same number of chunks.
         loss_fn: ``{name: (N, D)}`` -> ``(loss, logs)``; may gather across ranks.
         backward: back-propagation of the per-chunk surrogates (``accelerator.backward``).
-        no_sync: context-manager factory that suspends gradient all-reduce (DDP ``model.no_sync``),
-            used for every re-forward but the last; None to reduce on every chunk.
+        no_sync: context-manager factory entered for every re-forward/backward but the last (DDP
+            ``model.no_sync``; DeepSpeed: not an accumulation boundary); None to reduce on every chunk.
 
     Returns:
         ``(detached loss, logs)``.

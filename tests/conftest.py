@@ -1,4 +1,4 @@
-"""Shared fixtures: offline hub, one torch thread, tiny checkpoints written once per session."""
+"""Shared fixtures: offline hub, one torch thread, seeded global RNGs, tiny checkpoints written once per session."""
 
 from __future__ import annotations
 
@@ -9,10 +9,28 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import random  # noqa: E402
+
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)  # 2-core machines: more threads make everything slower, not faster
+
+SEED = 0
+
+
+@pytest.fixture(autouse=True)
+def _seed_global_rngs():
+    """Seed Python's, NumPy's and torch's global generators before every test.
+
+    A test's random data then never depend on which tests ran before it (or on ``-k`` / ``-x`` / the
+    slow tests being selected). Tests that need several independent draws still use their own
+    ``torch.Generator`` / ``np.random.default_rng`` (house rule 6).
+    """
+    random.seed(SEED)
+    np.random.seed(SEED)  # the legacy global generator, for libraries that still draw from it
+    torch.manual_seed(SEED)
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +51,8 @@ def tiny_legacy_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_encoder(tiny_dir):
-    """A MoCaEncoder on the tiny checkpoint (CPU, fp32, SDPA). Do not mutate it in tests."""
+    """A MoCaEncoder on the tiny checkpoint (CPU, fp32, SDPA), without a cache (every call really encodes,
+    so comparisons between calls mean something). Do not mutate it in tests."""
     from moca_model import MoCaEncoder
 
-    return MoCaEncoder.from_pretrained(tiny_dir, device="cpu")
+    return MoCaEncoder.from_pretrained(tiny_dir, device="cpu", cache_memory_mb=0)

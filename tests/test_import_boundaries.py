@@ -39,7 +39,10 @@ def test_packages_import_only_downstream():
     assert not bad, bad
 
 
-HEAVY = "('mteb', 'vidore_benchmark', 'datasets', 'peft', 'moca_train', 'moca_bench', 'torch', 'transformers')"
+HEAVY = (
+    "('mteb', 'vidore_benchmark', 'datasets', 'peft', 'moca_train', 'moca_bench', 'torch', 'transformers', "
+    "'sentence_transformers')"
+)
 
 
 def _loaded_after(statement: str) -> list[str]:
@@ -56,3 +59,8 @@ def test_import_moca_model_is_light():
 def test_encoder_import_pulls_no_harness_or_training_deps():
     # accelerate is not listed: transformers itself imports it when installed
     assert _loaded_after("from moca_model import MoCaEncoder") == ["torch", "transformers"]
+
+
+def test_export_module_imports_its_stack_lazily():
+    # python -m moca_model.export_st --help must work, and fail clearly, where sentence-transformers is absent
+    assert _loaded_after("import moca_model.export_st") == []

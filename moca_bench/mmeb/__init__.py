@@ -1,5 +1,8 @@
 r"""MMEB evaluation (36 datasets, 4 meta-tasks), faithful to the MoCa/VLM2Vec protocol, resumable, multi-GPU.
 
+``--benchmark v2`` runs MMEB-V2 instead (78 tasks: image, video, visual documents; package ``moca_bench.mmeb.v2``, see
+``docs/mmeb.md``).
+
 Commands (the module docstring of :mod:`moca_bench.mmeb.cli` lists every option):
 
     # one GPU, data from the hub (needs network once)
@@ -18,7 +21,9 @@ Rows with a missing or unreadable image are skipped and counted per subset (``--
 
 Modules: ``tasks`` (subset lists, meta-tasks, IND/OOD), ``data`` (rows -> pairs), ``cache``
 (fingerprinted safetensors cache), ``encoding`` (one rank's shard), ``dist`` (torchrun plumbing),
-``scoring``, ``report``, ``runner`` (``run``), ``synthetic`` (cost model, test samples), ``cli``.
+``scoring``, ``report``, ``runner`` (``run``), ``synthetic`` (cost model, test samples), ``cli``; MMEB-V2:
+``v2_tasks``, ``v2_data``, ``v2_text``, ``v2_build``, ``v2_parse``, ``v2_parse_video``, ``v2_scoring``,
+``v2_report``, ``v2_runner``, ``v2_cost``, ``v2_synthetic``, ``v2_synthetic_video``.
 """
 
 from __future__ import annotations

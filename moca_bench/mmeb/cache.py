@@ -23,37 +23,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from moca_bench.mmeb.data import SubsetData
+from moca_model.cache import atomic_write, checkpoint_files
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1  # bump when the runner's input formatting changes the vectors
-_FULL_HASH_LIMIT = 32 << 20  # files up to this size are hashed whole
-_SAMPLES, _SAMPLE_SIZE = 32, 256 << 10  # larger files: this many evenly spaced blocks of this size
-
-
-def _file_digest(path: Path, size: int) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        if size <= _FULL_HASH_LIMIT:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-            return h.hexdigest()
-        if path.suffix == ".safetensors":  # header: 8-byte little-endian length, then JSON
-            n = int.from_bytes(f.read(8), "little")
-            h.update(f.read(min(n, size - 8)))
-        for i in range(_SAMPLES):
-            f.seek((size - _SAMPLE_SIZE) * i // (_SAMPLES - 1))
-            h.update(f.read(_SAMPLE_SIZE))
-    return h.hexdigest()
-
-
 def model_fingerprint(model_dir: Path, settings: Mapping) -> tuple[str, dict]:
     """Key identifying a model's vectors: checkpoint files plus the settings that change them.
 
@@ -64,13 +44,7 @@ def model_fingerprint(model_dir: Path, settings: Mapping) -> tuple[str, dict]:
     Returns:
         ``(key, inputs)``: a 20-hex-digit key and the JSON-able description it hashes.
     """
-    files = {}
-    for path in sorted(Path(model_dir).iterdir()):
-        if path.name.startswith(".") or not path.is_file():
-            continue
-        st = path.stat()
-        files[path.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "digest": _file_digest(path, st.st_size)}
-    inputs = {"files": files, "settings": dict(settings), "format_version": FORMAT_VERSION}
+    inputs = {"files": checkpoint_files(model_dir), "settings": dict(settings), "format_version": FORMAT_VERSION}
     key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:20]
     return key, inputs
 
@@ -87,12 +61,6 @@ def content_hash(subset: SubsetData) -> str:
         h.update(json.dumps([pair.text, pair.image, size]).encode())
         h.update(b"\0")
     return h.hexdigest()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 class EmbeddingCache:
@@ -149,7 +117,7 @@ class EmbeddingCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         fingerprint = self.dir / "fingerprint.json"
         if not fingerprint.is_file():
-            _atomic_write_bytes(fingerprint, json.dumps(self._inputs, indent=2, sort_keys=True, default=str).encode())
+            atomic_write(fingerprint, json.dumps(self._inputs, indent=2, sort_keys=True, default=str).encode())
         tensors = {
             "embeddings": np.ascontiguousarray(embeddings, dtype=np.float32),
             "bad": np.asarray(bad, dtype=np.uint8),
@@ -159,4 +127,4 @@ class EmbeddingCache:
             "model_key": self.key,
             "bad_reasons": json.dumps({str(k): v for k, v in reasons.items()}),
         }
-        _atomic_write_bytes(path, save(tensors, metadata=meta))
+        atomic_write(path, save(tensors, metadata=meta))

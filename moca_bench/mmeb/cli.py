@@ -2,6 +2,8 @@
 
 Examples:
     python -m moca_bench.mmeb --model moca-embed/MoCa-Qwen25VL-3B --data-dir /data/MMEB-eval
+    python -m moca_bench.mmeb --benchmark v2 --model moca-embed/MoCa-Qwen25VL-3B --data-dir /data/hub \
+        --image-root /data/MMEB-V2 --subsets video visdoc
     torchrun --nproc_per_node 8 -m moca_bench.mmeb --model moca-embed/MoCa-Qwen25VL-7B --data-dir /data/MMEB-eval
     python -m moca_bench.mmeb --model ./tiny --data-dir ./mmeb-sample --subsets VQA --max-rows 10 --device cpu
 """
@@ -13,11 +15,13 @@ import logging
 import os
 
 from moca_bench.metrics import TIE_RULES
-from moca_bench.mmeb.config import MMEBConfig
+from moca_bench.mmeb.config import BENCHMARKS, GRADE_ORDERS, SHORT_CLIPS, MMEBConfig
 
 _EPILOG = """\
 Results: <output-dir>/<model-name>/mmeb.json (per dataset, meta-task, IND/OOD, overall, counts, ties, bad rows,
-timings, versions) and mmeb.md (table next to the published MoCa-3B/7B numbers).
+timings, versions) and mmeb.md (table next to the published MoCa-3B/7B numbers); with --benchmark v2,
+mmeb_v2.json / mmeb_v2.md (per task, meta-task, modality and overall plain means, next to published
+VLM2Vec-V2, GME and Qwen3-VL-Embedding numbers). Data layout, downloads and costs: docs/mmeb.md.
 Bad rows (a query or candidate whose image is missing or unreadable) are skipped and counted per subset.
 Cache: one safetensors file per subset, keyed by the checkpoint's files and the preprocessing settings; a
 killed run resumes without re-encoding finished subsets. Under torchrun the unique inputs are sharded across
@@ -33,14 +37,31 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument
     a("--model", required=True, help="checkpoint directory or hub id (e.g. moca-embed/MoCa-Qwen25VL-3B)")
     a("--model-name", help="results folder name under --output-dir (default: the checkpoint's folder name)")
-    a("--data-dir", help="local TIGER-Lab/MMEB-eval copy: <Subset>/test-*.parquet + unpacked images.zip "
-                         "(default: download from the hub)")  # fmt: skip
-    a("--image-root", help="folder the image paths are relative to (default: found below --data-dir)")
+    a("--benchmark", choices=BENCHMARKS, default=MMEBConfig.benchmark,
+      help="v1: MMEB, 36 image subsets (the MoCa paper); v2: MMEB-V2, 78 tasks (image, video, visdoc) "
+           "(default %(default)s)")  # fmt: skip
+    a("--data-dir", help="v1: local TIGER-Lab/MMEB-eval copy (<Subset>/test-*.parquet + unpacked images.zip); "
+                         "v2: folder of local hub copies <data-dir>/<owner>/<name>/ (default: the hub)")  # fmt: skip
+    a("--image-root", help="v1: folder the image paths are relative to (default: found below --data-dir); "
+                           "v2: unpacked TIGER-Lab/MMEB-V2 with image-tasks/ and visdoc-tasks/")  # fmt: skip
+    a("--frame-root", help="v2: unpacked TIGER-Lab/MMEB-V2 with video-tasks/frames/ (default: --image-root)")
+    a("--media-path", dest="media_paths", action="append", metavar="TASK=DIR",
+      help="v2: a task's media folder, overriding the layout's (repeatable; relative to the media root)")
+    a("--dataset-pin", dest="dataset_pins", action="append", metavar="REPO=REV",
+      help="v2: hub revision of a table repository (repeatable); the reference pins nothing")
     a("--dataset", default=MMEBConfig.dataset, help="hub dataset id without --data-dir (default %(default)s)")
     a("--dataset-revision", help="hub dataset revision; pin it for comparable numbers")
     a("--split", default=MMEBConfig.split, help="dataset split (default %(default)s)")
     a("--subsets", nargs="+", metavar="NAME",
-      help="subsets, meta-tasks (Classification VQA Retrieval Grounding), IND, OOD or all (default all 36)")
+      help="v1: subsets, meta-tasks (Classification VQA Retrieval Grounding), IND, OOD or all (default all 36); "
+           "v2: tasks, modalities (image video visdoc), meta-tasks (image-CLS video-MRET visdoc-OOD ...) or all "
+           "(default the 78)")  # fmt: skip
+    a("--num-frames", type=int, default=MMEBConfig.num_frames,
+      help="v2: frames sampled per video, uniformly (default %(default)s, as the reference)")
+    a("--short-clips", choices=SHORT_CLIPS, default=MMEBConfig.short_clips,
+      help="v2: clips with fewer saved frames: as-saved (reference) or pad (repeat the last frame)")
+    a("--grade-order", choices=GRADE_ORDERS, default=MMEBConfig.grade_order,
+      help="v2: graded nDCG label/grade mapping: correct, or reference (its set-order bug); both are reported")
     a("--max-rows", type=int, help="first N rows per subset only (smoke runs; not comparable to the paper)")
     a("--output-dir", default=MMEBConfig.output_dir, help="results root (default %(default)s)")
     a("--cache-dir", help="embedding cache root (default $MOCA_CACHE_DIR or ~/.cache/moca_bench, then /mmeb)")
@@ -57,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--min-pixels", type=int, help="per-image lower bound (default the checkpoint's, else 256*28*28)")
     a("--max-pixels", type=int, help="per-image upper bound (default the checkpoint's, else 1024*28*28)")
     a("--max-length", type=int, help="token limit after image expansion (default 1280, as the reference)")
+    a("--video-min-pixels", type=int, help="v2: per-frame lower bound (default the checkpoint's, else 128*28*28)")
+    a("--video-max-pixels", type=int, help="v2: per-frame upper bound (default the checkpoint's, else 256*28*28)")
     a("--revision", help="model revision on the hub")
     a("--processor", help="tokenizer source when the checkpoint has none (default Qwen/Qwen2.5-VL-3B-Instruct)")
     a("--tie-rule", choices=TIE_RULES, default=MMEBConfig.tie_rule,
@@ -64,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
            "optimistic or expected (default %(default)s); tied rows are reported whatever the rule")  # fmt: skip
     a("--strict", action="store_true", help="fail on a missing or unreadable image instead of skipping its rows")
     a("--save-rows", action="store_true", help="also write rows.json: each row's hit@1 (for bootstrap CIs)")
-    a("--published", help="published numbers JSON for the table (default <output-dir>/published/mmeb.json)")
+    a("--published", help="published numbers JSON for the table (default <output-dir>/published/mmeb.json; "
+                          "v2: mmeb_v2.json)")
     a("--no-progress", action="store_true", help="hide progress bars")
     a("--log-level", default="INFO", help="logging level (default %(default)s; non-zero ranks log warnings only)")
     return p

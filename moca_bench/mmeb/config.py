@@ -1,4 +1,7 @@
-"""MMEBConfig: every setting of an MMEB evaluation run (``python -m moca_bench.mmeb --help`` mirrors it)."""
+"""MMEBConfig: every setting of an MMEB evaluation run (``python -m moca_bench.mmeb --help`` mirrors it).
+
+One config for both benchmark versions; fields marked "v2" only matter with ``benchmark="v2"``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,10 @@ from dataclasses import dataclass
 from moca_bench.metrics import TIE_RULES
 from moca_bench.mmeb.data import HUB_DATASET
 
+BENCHMARKS = ("v1", "v2")
+SHORT_CLIPS = ("as-saved", "pad")  # moca_model.video.SHORT_CLIP_RULES (not imported: this module stays torch-free)
+GRADE_ORDERS = ("correct", "reference")
+
 
 @dataclass
 class MMEBConfig:
@@ -14,20 +21,42 @@ class MMEBConfig:
 
     model: str
     """Checkpoint directory or hub id (e.g. ``moca-embed/MoCa-Qwen25VL-3B``)."""
+    benchmark: str = "v1"
+    """v1: MMEB (36 image subsets of TIGER-Lab/MMEB-eval, the MoCa paper's protocol); v2: MMEB-V2 (78 tasks:
+    image 36, video 18, visual documents 24) with the VLM2Vec harness's semantics."""
     model_name: str | None = None
     """Name of the results folder ``<output_dir>/<model_name>/``; default: the checkpoint's folder name."""
     data_dir: str | None = None
-    """Local copy of TIGER-Lab/MMEB-eval (``<Subset>/test-*.parquet`` + unpacked images.zip); default: the hub."""
+    """v1: local copy of TIGER-Lab/MMEB-eval (``<Subset>/test-*.parquet`` + unpacked images.zip). v2: a folder of
+    local hub copies, ``<data_dir>/<owner>/<name>/`` per dataset repository. Default: the hub."""
     image_root: str | None = None
-    """Folder the rows' image paths are relative to; default: found below ``data_dir`` (or the unpacked hub zip)."""
+    """v1: folder the rows' image paths are relative to (default: found below ``data_dir``). v2: the unpacked
+    TIGER-Lab/MMEB-V2 repository holding ``image-tasks/`` and ``visdoc-tasks/`` (default: ``frame_root``, else
+    ``<data_dir>/TIGER-Lab/MMEB-V2``, else downloaded)."""
+    frame_root: str | None = None
+    """v2: the unpacked TIGER-Lab/MMEB-V2 repository holding ``video-tasks/frames/`` (default: ``image_root``)."""
+    media_paths: list[str] | None = None
+    """v2: ``TASK=DIR`` overrides of a task's media folder (relative DIRs are under the image / frame root)."""
     dataset: str = HUB_DATASET
     """Hub dataset id, used when ``data_dir`` is not given."""
     dataset_revision: str | None = None
-    """Hub dataset revision (pin it for comparable numbers)."""
+    """v1: hub dataset revision (pin it for comparable numbers). v2: revision of TIGER-Lab/MMEB-V2's media."""
+    dataset_pins: list[str] | None = None
+    """v2: ``REPO=REVISION`` pins for the tables read from the hub (the reference pins nothing)."""
     split: str = "test"
-    """Dataset split."""
+    """v1: dataset split (v2 tasks have their own, as the reference's)."""
     subsets: list[str] | None = None
-    """Subsets to run: names, meta-tasks (Classification, VQA, Retrieval, Grounding), IND, OOD or all."""
+    """v1: names, meta-tasks (Classification, VQA, Retrieval, Grounding), IND, OOD or all. v2: task names,
+    modalities (image, video, visdoc), meta-tasks (image-CLS, video-MRET, visdoc-OOD, or CLS for all
+    modalities) or all."""
+    num_frames: int = 8
+    """v2: frames sampled per video (reference: 8; the Qwen3-VL-Embedding leaderboard entry uses 64)."""
+    short_clips: str = "as-saved"
+    """v2: a clip with fewer saved frames than num_frames: as-saved (reference at 6e1e1d4) or pad (repeat the
+    last frame, later VLM2Vec main)."""
+    grade_order: str = "correct"
+    """v2: graded nDCG label/grade mapping: correct, or reference (its list(set(labels)) permutation); both
+    values are reported."""
     max_rows: int | None = None
     """Keep only the first rows of each subset (smoke runs; scores are then not comparable)."""
     output_dir: str = "results"
@@ -56,6 +85,10 @@ class MMEBConfig:
     """Per-image upper bound in pixels (default: the checkpoint's moca_config.json, else 1024*28*28)."""
     max_length: int | None = None
     """Token limit after image expansion (default 1280, as the reference's MAX_LEN)."""
+    video_min_pixels: int | None = None
+    """v2: per-frame lower bound for videos (default: the checkpoint's moca_config.json, else 128*28*28)."""
+    video_max_pixels: int | None = None
+    """v2: per-frame upper bound for videos (default: the checkpoint's moca_config.json, else 256*28*28)."""
     revision: str | None = None
     """Model revision on the hub."""
     processor: str | None = None
@@ -68,7 +101,8 @@ class MMEBConfig:
     save_rows: bool = False
     """Also write ``rows.json``: every row's hit@1 under ``tie_rule``, for per-query statistics (bootstrap CIs)."""
     published: str | None = None
-    """Published numbers to compare with; default ``<output_dir>/published/mmeb.json``, else the repository's."""
+    """Published numbers to compare with; default ``<output_dir>/published/mmeb.json`` (v2: ``mmeb_v2.json``),
+    else the repository's."""
     progress: bool = True
     """Show progress bars (rank 0 only)."""
 
@@ -77,7 +111,14 @@ class MMEBConfig:
             raise ValueError(f"attention must be bidirectional or causal, got {self.attention!r}")
         if self.tie_rule not in TIE_RULES:
             raise ValueError(f"tie_rule must be one of {TIE_RULES}, got {self.tie_rule!r}")
-        for name in ("batch_size", "chunk_size", "max_rows"):
+        for name, allowed in (("benchmark", BENCHMARKS), ("short_clips", SHORT_CLIPS), ("grade_order", GRADE_ORDERS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("media_paths", "dataset_pins"):
+            bad = [v for v in getattr(self, name) or [] if "=" not in v]
+            if bad:
+                raise ValueError(f"{name} entries must look like KEY=VALUE, got {bad}")
+        for name in ("batch_size", "chunk_size", "max_rows", "num_frames"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")

@@ -77,6 +77,10 @@ class SubsetData:
             return None
         return Path(image) if self.image_root is None else self.image_root / image
 
+    def describe(self, index: int) -> str:
+        """Pair ``index``'s image path as stored ("" when it has none), for messages."""
+        return self.pairs[index].image
+
     def item(self, index: int) -> dict:
         """Encoder input for pair ``index`` (see :meth:`moca_model.MoCaEncoder.encode`)."""
         pair, path = self.pairs[index], self.image_path(index)

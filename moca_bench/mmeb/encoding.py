@@ -18,12 +18,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moca_bench.mmeb.data import MMEBDataError, SubsetData
+from moca_bench.mmeb.data import MMEBDataError, SubsetData  # or a v2 TaskData: same interface
 
 logger = logging.getLogger(__name__)
 
 OK, MISSING, UNREADABLE, REJECTED = 0, 1, 2, 3
 STATUS_NAMES = {MISSING: "missing image", UNREADABLE: "unreadable image", REJECTED: "rejected by the encoder"}
+# (a video input counts as "missing image" when a frame or its whole frame folder is missing)
 _ITEM_INDEX = re.compile(r"^item (\d+):")
 
 
@@ -51,7 +52,7 @@ def _bad(subset: SubsetData, index: int, message: str, strict: bool) -> int:
     pair = subset.pairs[index]
     if strict:
         raise MMEBDataError(
-            f"{subset.name}: pair {index} (image {pair.image!r}, text {pair.text[:60]!r}): {message} "
+            f"{subset.name}: pair {index} (image {subset.describe(index)!r}, text {pair.text[:60]!r}): {message} "
             "(drop --strict to count and skip such rows)"
         )
     logger.warning("%s: skipping pair %d (%s): %s", subset.name, index, STATUS_NAMES[status], message)

@@ -71,10 +71,10 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
-def find_published(explicit: str | None, output_dir: Path) -> Path | None:
-    """The published-numbers file: ``explicit``, else ``<output_dir>/published/mmeb.json``, else the repo's."""
+def find_published(explicit: str | None, output_dir: Path, file: Path = PUBLISHED_FILE) -> Path | None:
+    """The published-numbers file: ``explicit``, else ``<output_dir>/<file>``, else the repo's ``results/<file>``."""
     candidates = [Path(explicit)] if explicit else []
-    candidates += [output_dir / PUBLISHED_FILE, _REPO_ROOT / "results" / PUBLISHED_FILE]
+    candidates += [output_dir / file, _REPO_ROOT / "results" / file]
     for path in candidates:
         if path.is_file():
             return path
@@ -146,10 +146,12 @@ def write_rows(row_hits: Mapping[str, list], out_dir: Path) -> Path:
     return path
 
 
-def write_report(report: Mapping, out_dir: Path, published_path: Path | None) -> tuple[Path, Path]:
-    """Write ``mmeb.json`` and ``mmeb.md`` into ``out_dir`` atomically; returns both paths."""
+def write_report(
+    report: Mapping, out_dir: Path, published_path: Path | None, *, stem: str = "mmeb", table=markdown_table
+) -> tuple[Path, Path]:
+    """Write ``<stem>.json`` and ``<stem>.md`` (rendered by ``table(report, published)``) atomically; returns both."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / "mmeb.json", out_dir / "mmeb.md"
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
     _atomic_write_text(json_path, json.dumps(report, indent=2, sort_keys=False, allow_nan=False) + "\n")
-    _atomic_write_text(md_path, markdown_table(report, load_published(published_path)))
+    _atomic_write_text(md_path, table(report, load_published(published_path)))
     return json_path, md_path

@@ -58,6 +58,7 @@ def load_encoder(cfg: MMEBConfig, ctx: dist.DistContext):
         cfg.model, device=ctx.device, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation,
         attention=cfg.attention, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, max_length=cfg.max_length,
         revision=cfg.revision, processor_name_or_path=cfg.processor,
+        video_min_pixels=cfg.video_min_pixels, video_max_pixels=cfg.video_max_pixels,
     )  # fmt: skip
 
 
@@ -69,7 +70,7 @@ def encoder_settings(encoder, cfg: MMEBConfig) -> dict:
     return {
         "dtype": str(next(model.parameters()).dtype),
         "attn_implementation": getattr(model.config, "_attn_implementation", None),
-        "bidirectional": bool(getattr(model, "bidirectional", True)),
+        "bidirectional": bool(model.bidirectional),  # the runtime attention mode, not the config's
         "min_pixels": proc.min_pixels, "max_pixels": proc.max_pixels, "max_length": proc.max_length,
         "processor": cfg.processor, "moca_model": moca_model.__version__,
     }  # fmt: skip
@@ -111,7 +112,7 @@ def _encode_subset(encoder, subset: SubsetData, cfg: MMEBConfig, ctx: dist.DistC
     full = dist.gather_shards(ctx, np.concatenate([res.embeddings, extra], axis=1), len(subset.pairs))  # (U, D + 2)
     status = full[:, -2].astype(np.int64)
     encoded = int(full[: ctx.world_size, -1].sum())  # pair j < W comes from rank j; ranks without pairs encoded 0
-    reasons = {int(j): f"{STATUS_NAMES[int(status[j])]}: {subset.pairs[j].image!r}" for j in np.flatnonzero(status)}
+    reasons = {int(j): f"{STATUS_NAMES[int(status[j])]}: {subset.describe(j)!r}" for j in np.flatnonzero(status)}
     return full[:, :-2], status != OK, reasons, encoded, time.perf_counter() - start
 
 
@@ -127,7 +128,7 @@ def _subset_entry(name: str, subset: SubsetData, scored: dict, reasons: dict, **
 
 
 def run(cfg: MMEBConfig, *, encoder=None) -> dict | None:
-    """Evaluate a model on MMEB and write ``<output_dir>/<model>/mmeb.json`` + ``mmeb.md``.
+    """Evaluate a model on MMEB and write ``<output_dir>/<model>/mmeb.json`` + ``mmeb.md`` (v2: ``mmeb_v2.*``).
 
     Args:
         cfg: the run's settings.
@@ -141,6 +142,10 @@ def run(cfg: MMEBConfig, *, encoder=None) -> dict | None:
     """
     from moca_model.loading import resolve_checkpoint
 
+    if cfg.benchmark == "v2":
+        from moca_bench.mmeb.v2.runner import run_v2
+
+        return run_v2(cfg, encoder=encoder)
     start = time.perf_counter()
     ctx = dist.init_distributed(cfg.device)
     try:

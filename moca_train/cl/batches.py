@@ -9,6 +9,10 @@ when images are present, ``pixel_values`` (P, 1176) and ``image_grid_thw`` (I, 3
      "pos_ids": (L,) int64, "neg_ids": (L, K) int64,                      # content ids (false negatives)
      "replaced": int}                                                     # rows swapped for unreadable images
 
+A chunk without any image gets a masked-out dummy image (:mod:`moca_train.dummy_image`), so every
+rank runs the vision tower in every forward pass (FSDP and ZeRO-3 gather its weights collectively, and
+ranks whose chunks differ in modality would otherwise wait for each other); embeddings are unchanged.
+
 A row whose image cannot be read is replaced by the next readable row of the same task (counted in
 ``replaced`` and logged), so a corrupt file never stops a run and every rank keeps L rows. The source
 is stateful (``state_dict``/``load_state_dict``: the sampler position), and with ``num_workers > 0``
@@ -26,6 +30,7 @@ import torch
 from moca_model.images import MoCaInputError
 from moca_model.processing_moca import normalize_item
 from moca_train.cl.sampler import local_rows
+from moca_train.dummy_image import add_dummy_image
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -78,7 +83,8 @@ class CLBatches:
 
     def _chunks(self, encoded: list[Encoded]) -> list[dict[str, torch.Tensor]]:
         size = self.chunk_size
-        return [self.processor.collate(encoded[i : i + size]) for i in range(0, len(encoded), size)]
+        chunks = [self.processor.collate(encoded[i : i + size]) for i in range(0, len(encoded), size)]
+        return [c if "pixel_values" in c else add_dummy_image(c, self.processor) for c in chunks]
 
     def build(self, position: int) -> dict[str, Any]:
         """This rank's inputs for the global batch at stream ``position`` (pure function of it)."""

@@ -43,14 +43,14 @@ class CLDataConfig:
     num_negatives: int = 2
     """Hard negatives per query (paper and script: 2); 0 trains on in-batch negatives only."""
     few_negatives: Literal["repeat", "drop"] = "repeat"
-    """Rows with fewer than ``num_negatives``: ``repeat`` cycles the ones they have (reference behaviour; rows
+    """Rows with fewer than ``num_negatives``: ``repeat`` repeats their last one (reference behaviour; rows
     with none are dropped), ``drop`` drops them. Dropped rows are counted in the log."""
     global_batch_size: int = 2048
     """Queries per optimizer step over all ranks (paper: 2048). Must be divisible by the number of ranks."""
     same_task_batches: bool = True
     """All ranks draw each global batch from one task (paper §2.3); False mixes tasks at random."""
     seed: int = 0
-    """Seed for subsampling and batch order."""
+    """Seed for subsampling, batch order and the choice of text for negatives whose own text is empty."""
     num_workers: int = 0
     """DataLoader worker processes that read images and tokenise ahead of the GPU."""
     drop_missing_images: bool = True
@@ -85,8 +85,9 @@ class CLLossConfig:
     """Softmax temperature (paper and script: 0.03)."""
     other_negatives: bool = True
     """Score each query against every query's hard negatives (paper Eq. 3) rather than only its own (released code)."""
-    mask_false_negatives: bool = True
-    """Mask candidates whose content equals the query's positive (duplicate labels, padding duplicates)."""
+    mask_false_negatives: bool = False
+    """Mask candidates whose content equals the query's positive (duplicate labels, padding duplicates).
+    An addition: neither the paper nor the reference code masks them, so it is off by default."""
     gradcache: bool = True
     """Gradient caching: a global batch of any size in bounded memory, same gradients as one big batch."""
     chunk_size: int = 32

@@ -9,13 +9,15 @@ Fixes relative to the reference loader (moca-method.md §4.2-4.3, §7 item 19):
 
 - negatives are real lists; a dataset that stores stringified lists is parsed with ``json`` or
   ``ast.literal_eval`` (literals only), never ``eval``;
-- rows with fewer than ``num_negatives`` negatives follow ``few_negatives``: ``repeat`` cycles the
-  negatives they have (rows with none are dropped), ``drop`` drops them; every rank then sees the
-  same fixed K, so gathering never breaks;
+- rows with fewer than ``num_negatives`` negatives follow ``few_negatives``: ``repeat`` repeats the
+  last one they have, as the reference does (``src/dataset.py:182-183``; rows with none are dropped),
+  ``drop`` drops them; every rank then sees the same fixed K, so gathering never breaks;
 - image paths are resolved against ``image_dir``; with ``drop_missing_images`` a row whose query or
   positive image is missing is dropped and a missing negative image drops that negative; all counted;
-- an empty negative text next to an image takes the positive's text (the target instruction), as in
-  the reference;
+- an empty negative text next to an image is filled by the reference's rule (``src/dataset.py:118-123``):
+  with the positive's text (the target instruction) when all negative texts of the row are identical
+  (typically all empty: image-only negatives), otherwise with a random non-empty negative text of the
+  same row, drawn from a generator seeded by (``data.seed``, task, row) so every run and rank agree;
 - ``max_rows`` takes a seeded random subset, not the first N rows.
 """
 
@@ -153,8 +155,30 @@ class _Resolver:
         return path, (not self.check) or self._exists[path]
 
 
-def row_to_example(row: dict, *, resolve: _Resolver, num_negatives: int, few: str, stats: Counter) -> CLExample | None:
-    """Turn one raw row into a :class:`CLExample`, or None when it must be dropped (counted in ``stats``)."""
+def fill_negative_text(texts: list[str], pos_text: str, rng: np.random.Generator) -> str:
+    """The text of a negative whose own text is empty (the reference's rule, ``src/dataset.py:118-123``).
+
+    Args:
+        texts: all negative texts of the row (not only the ones kept).
+        pos_text: the positive's text.
+        rng: the row's generator.
+
+    Returns:
+        ``pos_text`` when all of ``texts`` are identical (e.g. all empty), else a random non-empty one of them.
+    """
+    if len(set(texts)) <= 1:
+        return pos_text
+    candidates = [t for t in texts if t]
+    return candidates[int(rng.integers(len(candidates)))]
+
+
+def row_to_example(
+    row: dict, *, resolve: _Resolver, num_negatives: int, few: str, stats: Counter, rng: np.random.Generator
+) -> CLExample | None:
+    """Turn one raw row into a :class:`CLExample`, or None when it must be dropped (counted in ``stats``).
+
+    ``rng`` (seeded per row) picks the text of a negative whose own text is empty (:func:`fill_negative_text`).
+    """
     q_img, q_ok = resolve(row.get("qry_image_path"))
     p_img, p_ok = resolve(row.get("pos_image_path"))
     if not (q_ok and p_ok):
@@ -164,26 +188,26 @@ def row_to_example(row: dict, *, resolve: _Resolver, num_negatives: int, few: st
     if not (query[0] or q_img) or not (pos[0] or p_img):
         stats["dropped_empty"] += 1
         return None
-    texts = parse_list(row.get("neg_text"), name="neg_text")
+    texts = [str(t or "") for t in parse_list(row.get("neg_text"), name="neg_text")]
     images = parse_list(row.get("neg_image_path"), name="neg_image_path")
     negs: list[Side] = []
     for k in range(max(len(texts), len(images))):
         if len(negs) == num_negatives:
             break
-        text = (texts[k] if k < len(texts) else "") or ""
+        text = texts[k] if k < len(texts) else ""
         image, ok = resolve(images[k] if k < len(images) else None)
         if not ok:
             stats["negatives_missing_image"] += 1
             continue
         if not text and image is None:
             continue
-        negs.append((text or pos[0], image))  # empty text next to an image: the target's instruction
+        negs.append((text or fill_negative_text(texts, pos[0], rng), image))
     if len(negs) < num_negatives:
         if few == "drop" or not negs:
             stats["dropped_few_negatives"] += 1
             return None
         stats["repeated_negatives"] += 1
-        negs = [negs[k % len(negs)] for k in range(num_negatives)]
+        negs += [negs[-1]] * (num_negatives - len(negs))
     return CLExample(query, pos, tuple(negs), content_id(pos), tuple(content_id(n) for n in negs))
 
 
@@ -197,9 +221,11 @@ def load_task(spec: CLDatasetConfig, cfg: CLDataConfig, stats: Counter) -> CLTas
     resolve = _Resolver(image_dir, cfg.drop_missing_images)
     before = Counter(stats)
     examples = []
+    task_seed = zlib.crc32(name.encode())
     for i in keep:
+        rng = np.random.default_rng([cfg.seed, task_seed, int(i)])  # per row: independent of order and subset
         ex = row_to_example(rows[i], resolve=resolve, num_negatives=cfg.num_negatives, few=cfg.few_negatives,
-                            stats=stats)  # fmt: skip
+                            stats=stats, rng=rng)  # fmt: skip
         if ex is not None:
             examples.append(ex)
     delta = dict(stats - before)

@@ -1,9 +1,13 @@
 """``python -m moca_train.cl``: heterogeneous contrastive fine-tuning (MoCa stage 2, moca-method.md §4).
 
 InfoNCE over the global batch with hard negatives (other queries' negatives included, paper Eq. 3),
-false-negative masking, embeddings gathered across ranks with gradients through the local slice
-(loss scaled by the world size, so DDP's averaging yields the full-batch gradient), same-task global
-batches, and GradCache so the paper's global batch of 2048 fits on few GPUs. The checkpoint folders
+optional false-negative masking (off in the paper recipe), embeddings gathered across ranks with
+gradients through the local slice (loss scaled by the world size, so DDP's averaging yields the
+full-batch gradient; clipping is measured in the reference's unscaled units, see
+``TrainConfig.max_grad_norm``), same-task global batches, and GradCache so the paper's global batch of
+2048 fits on few GPUs. GradCache takes one backward per chunk but exactly one optimizer step per training
+step on every engine: DDP runs the step without its reducer and averages once, FSDP reduce-scatters per
+chunk, and DeepSpeed's gradient-accumulation boundary is held until the last chunk. The checkpoint folders
 load with ``MoCaEncoder.from_pretrained`` (hence ``vidore-benchmark --model-class moca``, mteb and
 ``python -m moca_bench.mmeb``).
 
@@ -20,15 +24,15 @@ Commands::
     # 8 GPUs, DDP
     torchrun --nproc_per_node 8 -m moca_train.cl --config configs/cl/qwen25vl_3b.yaml
 
-    # FSDP or DeepSpeed ZeRO via an accelerate config file (GradCache: see moca_train.gradcache)
-    accelerate launch --config_file fsdp.yaml -m moca_train.cl --config configs/cl/qwen25vl_3b.yaml
+    # FSDP2 or DeepSpeed ZeRO-3 via an accelerate config file
+    accelerate launch --config_file configs/accelerate/fsdp.yaml -m moca_train.cl --config configs/cl/qwen25vl_3b.yaml
 
 Override any field with ``--section.field value``; ``--help`` lists them all.
 
-Limits: DDP is tested (2 gloo ranks on CPU equal 1 process). Under FSDP/ZeRO-3 every rank must run
-the vision tower on the same steps (sharded collectives); keep ``same_task_batches`` on with tasks whose
-rows share one modality layout (the reference inserts a dummy image instead). GPU paths (bf16 autocast
-on CUDA, flash-attention, FSDP, DeepSpeed) were not run in this project's CPU-only test setting.
+Tested on CPU: 2 gloo ranks under DDP and under FSDP2 equal 1 process (weights to 1e-5, steps where
+one rank has no image included; chunks without images carry a masked dummy image so every rank runs the
+vision tower); DeepSpeed's stepping with an engine stub that counts optimizer steps. Not run here: bf16
+autocast on CUDA, flash-attention, a real DeepSpeed engine.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import contextlib
 import functools
 import logging
 import sys
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -93,9 +98,41 @@ def _to_device(chunk: dict[str, torch.Tensor], device: torch.device) -> dict[str
     return {k: v.to(device, non_blocking=True) for k, v in chunk.items()}
 
 
+def deepspeed_backward(accelerator: Accelerator) -> tuple[Callable, Callable]:
+    """``(backward, no_sync)`` that make a DeepSpeed engine step once after several backward passes.
+
+    accelerate's ``backward`` under DeepSpeed calls ``engine.step()`` after every backward outside gradient
+    accumulation (accelerate >= 1.x ``DeepSpeedEngineWrapper.backward``): GradCache's per-chunk backward
+    passes would each take an optimizer step on a partial gradient, with the weights changing between the
+    cached re-forwards. Here the engine is driven as DeepSpeed documents for manual accumulation
+    (``set_gradient_accumulation_boundary``): every backward inside ``no_sync()`` is not a boundary
+    (gradients accumulate), the last one is, and only it is followed by ``engine.step()`` (clipping,
+    optimizer, scheduler).
+    """
+    engine = accelerator.deepspeed_engine_wrapped.engine
+    boundary = [True]
+
+    @contextlib.contextmanager
+    def no_sync() -> Iterator[None]:
+        boundary[0] = False
+        try:
+            yield
+        finally:
+            boundary[0] = True
+
+    def backward(loss: torch.Tensor) -> None:
+        engine.set_gradient_accumulation_boundary(boundary[0])
+        engine.backward(loss)
+        if boundary[0]:
+            engine.step()
+
+    return backward, no_sync
+
+
 def make_step_fn(cfg: CLLossConfig):
     """The engine ``step_fn``: embed query/positive/negative chunks, InfoNCE, backward (GradCache or plain)."""
     from moca_train.gradcache import gradcache_step, plain_step
+    from moca_train.optim import is_deepspeed
 
     def step_fn(model: torch.nn.Module, batch: dict[str, Any], accelerator: Accelerator) -> dict[str, float]:
         device = accelerator.device
@@ -106,12 +143,16 @@ def make_step_fn(cfg: CLLossConfig):
             return model(**_to_device(chunk, device)).embeddings  # (n, D)
 
         loss_fn = functools.partial(contrastive_loss, pos_ids=pos_ids, neg_ids=neg_ids, cfg=cfg)
+        backward, kwargs = accelerator.backward, {}
+        if is_deepspeed(accelerator):  # one engine step per training step, at the last backward
+            backward, no_sync = deepspeed_backward(accelerator)
+            kwargs = {"no_sync": no_sync} if cfg.gradcache else {}
         step = gradcache_step if cfg.gradcache else plain_step
-        # DDP: all passes without the reducer, then one explicit average (unused vision tower on text-only
-        # chunks would stall DDP's reducer). FSDP/DeepSpeed reduce inside their own backward.
+        # DDP: all passes without the reducer, then one explicit average (robust to parameters a chunk does
+        # not use). FSDP reduce-scatters inside each backward; DeepSpeed reduces in its engine.
         ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
         with accelerator.no_sync(model) if ddp else contextlib.nullcontext():
-            _, logs = step(encode=encode, groups=groups, loss_fn=loss_fn, backward=accelerator.backward)
+            _, logs = step(encode=encode, groups=groups, loss_fn=loss_fn, backward=backward, **kwargs)
         if ddp:
             all_reduce_gradients(model.parameters())
         return {**logs, "replaced_rows": float(batch["replaced"])}
@@ -129,10 +170,6 @@ def run(cfg: CLConfig) -> list[dict[str, float]]:
     from moca_train.modeling import build_model, make_save_fn
 
     accelerator = build_accelerator(cfg.train)
-    if accelerator.distributed_type.value == "DEEPSPEED" and cfg.loss.gradcache:
-        local = cfg.data.local_batch_size(accelerator.num_processes)
-        if cfg.loss.chunk_size < local * (1 + cfg.data.num_negatives):
-            raise ValueError("--loss.gradcache: DeepSpeed steps on every backward; use DDP/FSDP or one chunk")
     world, rank = accelerator.num_processes, accelerator.process_index
     local_batch = cfg.data.local_batch_size(world)
     model, processor = build_model(cfg.model)
@@ -161,6 +198,7 @@ def run(cfg: CLConfig) -> list[dict[str, float]]:
         save_model_fn=make_save_fn(processor),
         run_config=cfg,
         accelerator=accelerator,
+        grad_norm_divisor=world,  # the reference's loss is not scaled by the world size (max_grad_norm's units)
     )
 
 

@@ -4,10 +4,9 @@ Records are tokenised, their images patchified and their lengths truncated by :c
 (an image whose token run would be cut is dropped whole, moca-method.md §2.4), right-padded to a
 multiple of ``pad_to_multiple_of``, then corrupted by :mod:`moca_train.cpt.masking`.
 
-Text-only micro-batches get a dummy image so that the vision tower runs in every forward and backward
-(sharded engines hang when ranks run different modules). Unlike the reference, which overwrites the
-last 6 real tokens of row 0 (§7 item 5), the dummy goes into *extra* padded columns with attention 0:
-it changes no real token's output and is excluded from the MAE targets.
+Text-only micro-batches get a dummy image (:mod:`moca_train.dummy_image`) so that the vision tower runs
+in every forward and backward (sharded engines hang when ranks run different modules). It sits in extra
+columns with attention 0, changes no real token's output and is excluded from the MAE targets.
 
 Shapes: B batch, T tokens, P patch rows, C = 1176 values per row, K = merge_size**2, N merged visual
 tokens of real images.
@@ -24,6 +23,7 @@ import torch
 from moca_model.images import MoCaInputError
 from moca_model.processing_moca import IMAGE_PLACEHOLDER, Item, normalize_item
 from moca_train.cpt.masking import IGNORE_INDEX, NoiseMode, causal_lm_labels, mask_image_patches, mask_text_tokens
+from moca_train.dummy_image import add_dummy_image
 
 if TYPE_CHECKING:
     from moca_model import MoCaProcessor
@@ -130,7 +130,9 @@ class CPTCollator:
             )
             inputs["pixel_values"], target, mask = patches.pixel_values, patches.target, patches.mask
         if s.dummy_image and "pixel_values" not in inputs:
-            inputs, labels = self._add_dummy_image(inputs, labels)
+            width = inputs["input_ids"].shape[1]
+            inputs = add_dummy_image(inputs, self.processor)
+            labels = torch.nn.functional.pad(labels, (0, inputs["input_ids"].shape[1] - width), value=IGNORE_INDEX)
         return {"inputs": inputs, "mlm_labels": labels, "mae_target": target, "mae_mask": mask,
                 "text_objective": "clm" if s.use_clm else "mlm"}  # fmt: skip
 
@@ -141,22 +143,3 @@ class CPTCollator:
             inputs["input_ids"] = torch.nn.functional.pad(ids, (0, extra), value=self.processor.pad_id)
             inputs["attention_mask"] = torch.nn.functional.pad(attn, (0, extra), value=0)
         return inputs
-
-    def dummy_pixels(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """A black image of one merged token: (K, C) CLIP-normalised rows and its (1, 3) grid."""
-        ip = self.processor.image_processor
-        black = [(0.0 - m) / s for m, s in zip(ip.image_mean, ip.image_std)]  # normalised value per channel
-        row = torch.tensor(black).repeat_interleave(self.row_size // 3)  # (C,) channel-major, like Qwen's rows
-        grid = torch.tensor([[1, self.merge_size, self.merge_size]])
-        return row.expand(self.merge_size**2, -1).clone(), grid
-
-    def _add_dummy_image(self, inputs: dict, labels: torch.Tensor) -> tuple[dict, torch.Tensor]:
-        p = self.processor
-        pixels, grid = self.dummy_pixels()
-        run = torch.tensor([p.vision_start_id, p.image_token_id, p.vision_end_id])  # one merged token
-        b, t = inputs["input_ids"].shape
-        ids = torch.full((b, t + len(run)), p.pad_id, dtype=inputs["input_ids"].dtype)
-        ids[:, :t], ids[0, t:] = inputs["input_ids"], run
-        attn = torch.nn.functional.pad(inputs["attention_mask"], (0, len(run)), value=0)
-        labels = torch.nn.functional.pad(labels, (0, len(run)), value=IGNORE_INDEX)
-        return {"input_ids": ids, "attention_mask": attn, "pixel_values": pixels, "image_grid_thw": grid}, labels

@@ -60,7 +60,8 @@ class CPTDataConfig:
     pad_to_multiple_of: int = 32
     """Pad the token axis to a multiple of this (reference: 32)."""
     dummy_image: bool = True
-    """Give text-only micro-batches a masked-out dummy image so the vision tower runs on every rank (FSDP/ZeRO-3)."""
+    """Give text-only micro-batches a masked-out dummy image so the vision tower runs on every rank (required with
+    several ranks: DDP, FSDP and ZeRO-3 all need every rank to run the same modules; the reference does the same)."""
 
     def __post_init__(self) -> None:
         _check(self.token_budget > 0, "data.token_budget", f"must be > 0, got {self.token_budget}")

@@ -8,7 +8,7 @@ One forward pass over interleaved text+image rows in which text tokens are maske
 tied LM head) and merged image patches are noised (MAE through a one-layer bidirectional decoder);
 L = MLM + w * MAE, both terms logged. Cost-bucketed micro-batches give every rank its own share of
 the same global batch; the accelerate engine (:mod:`moca_train.engine`) does bf16, accumulation,
-clipping, warmup + linear decay, checkpoints and exact resume. Checkpoints load with
+clipping, DeepSpeed-style log warmup + linear decay, checkpoints and exact resume. Checkpoints load with
 ``MoCaEncoder.from_pretrained(checkpoint_dir)``; the heads sit beside the weights in
 ``cpt_heads.safetensors``, which every loader ignores.
 
@@ -25,8 +25,9 @@ Commands (each also takes dotted overrides, e.g. ``--train.max_steps 100``; ``--
     # one node, 8 GPUs (DDP)
     torchrun --nproc_per_node 8 -m moca_train.cpt --config configs/cpt/qwen25vl_3b.yaml
 
-    # FSDP or DeepSpeed ZeRO-3 (the reference's engine): an accelerate config file picks the backend
-    accelerate launch --config_file fsdp_or_zero3.yaml -m moca_train.cpt --config configs/cpt/qwen25vl_7b.yaml
+    # FSDP2 or DeepSpeed ZeRO-3 (the reference's engine): an accelerate config file picks the backend
+    accelerate launch --config_file configs/accelerate/deepspeed_zero3.yaml -m moca_train.cpt \
+        --config configs/cpt/qwen25vl_7b.yaml
 
     # 4 nodes x 8 GPUs (the paper's 32 H100s); run on every node with its NODE_RANK
     torchrun --nnodes 4 --nproc_per_node 8 --node_rank $NODE_RANK \
@@ -142,6 +143,11 @@ def run(cfg: CPTConfig) -> list[dict[str, float]]:
     from moca_train.modeling import build_model
 
     accelerator = build_accelerator(cfg.train)
+    if accelerator.num_processes > 1 and not cfg.data.dummy_image:
+        raise ValueError(
+            "--data.dummy_image: must be true with several ranks: a rank whose micro-batch has no image would skip "
+            "the vision tower (DDP's reducer then fails, FSDP / ZeRO-3 ranks wait for each other forever)"
+        )
     torch.manual_seed(cfg.train.seed)  # MAE projection init
     encoder, processor = build_model(cfg.model)
     mask_id = add_mask_token(processor.tokenizer, encoder, cfg.objective.mask_token) if cfg.objective.use_mlm else None

@@ -9,3 +9,6 @@ def test_gpu_check_dry_run_writes_a_result(tmp_path):
     result = json.loads(out.read_text())
     sdpa = result["backends"]["sdpa"]
     assert sdpa["items_per_s"] > 0 and sdpa["tokens"] > 0 and result["n_params"] > 0
+    pages = result["pages"]
+    assert pages["sdpa_4d_mask"]["pages_per_s"] > 0 and pages["sdpa_fast_path"]["pages_per_s"] > 0
+    assert pages["devices"]["list"] == ["cpu", "cpu"] and pages["devices"]["pool"]["pages_per_s"] > 0

@@ -108,7 +108,7 @@ def _tiny_model_dir(tmp_path: Path, payload: bytes) -> Path:
 
 
 def test_fingerprint_tracks_weights_and_settings(tmp_path, monkeypatch):
-    import moca_bench.mmeb.cache as cache_mod
+    import moca_model.cache as cache_mod  # the checkpoint-file digest the encoder cache shares
 
     d = _tiny_model_dir(tmp_path, b"\x00" * 4096)
     key, inputs = model_fingerprint(d, {"dtype": "float32"})

@@ -29,7 +29,10 @@ def page(seed: int, w: int = 90, h: int = 120) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def retriever(tiny_dir):
-    return MoCaVidoreRetriever(str(tiny_dir), num_workers=0)
+    """Without the encoder's cache, so that comparing two calls compares two computations."""
+    r = MoCaVidoreRetriever(str(tiny_dir), num_workers=0)
+    r.encoder.cache = None
+    return r
 
 
 def test_registered_under_both_names_by_the_hook():
@@ -71,6 +74,7 @@ def test_environment_reaches_the_encoder(tiny_dir, monkeypatch):
     monkeypatch.setenv("MOCA_QUERY_PROMPT", "Query: ")
     monkeypatch.setenv("MOCA_ATTN_IMPLEMENTATION", "eager")
     r = MoCaVidoreRetriever(str(tiny_dir), num_workers=0, unknown_option=1)
+    r.encoder.cache = None  # the comparison below must compute again
     assert r.encoder.processor.max_pixels == 16 * 28 * 28
     assert r.encoder.model.config._attn_implementation == "eager"
     q = r.forward_queries(["hello"], batch_size=1)
@@ -101,6 +105,18 @@ def test_embeddings_are_the_encoders_on_the_documented_items(retriever):
     items = [{"image": im, "text": VIDORE_DOCUMENT_PROMPT} for im in pages]
     np.testing.assert_allclose(p.numpy(), enc.encode(items, show_progress=False), atol=1e-6)
     assert torch.allclose(p.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+def test_a_rerun_with_a_cache_dir_encodes_no_page(tiny_dir, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("MOCA_CACHE_DIR", str(tmp_path))
+    pages = [page(i) for i in range(4)]
+    first = MoCaVidoreRetriever(str(tiny_dir), num_workers=0).forward_passages(pages, batch_size=2)
+    again = MoCaVidoreRetriever(str(tiny_dir), num_workers=0)
+    with caplog.at_level(logging.INFO, logger="moca_bench.vidore"):
+        second = again.forward_passages(pages, batch_size=2)
+    assert again.encoder.last_stats.encoded == 0 and again.encoder.last_stats.disk_hits == 4
+    assert "pages: 4 inputs, 4 unique, 4 from cache (0 memory, 4 disk), 0 encoded" in caplog.text
+    assert torch.equal(first, second)
 
 
 def test_batch_sizes_are_passed_through_uncapped(retriever, monkeypatch):

@@ -57,3 +57,14 @@ def mixed_items():
     ]
     assert len(items) == 16
     return items
+
+
+def st_export_ready() -> bool:
+    """Whether this environment can export and load sentence-transformers folders (.venv-mteb, not .venv)."""
+    try:
+        from moca_model.export_st import check_environment
+
+        check_environment()
+        return True
+    except Exception:
+        return False

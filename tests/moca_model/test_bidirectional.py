@@ -61,3 +61,40 @@ def test_unsupported_transformers_version_raises():
     compat.check_transformers_version("4.57.6")
     compat.check_transformers_version("5.24.0")
     compat.check_transformers_version()  # the installed one is supported
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_unpadded_batches_pass_no_mask_and_keep_their_embeddings(tiny_model_and_processor, impl, monkeypatch):
+    """The fast path: no padding -> no 4-D mask reaches attention, SDPA sees is_causal=False, same vectors."""
+    from moca_model.bidirectional import decoder_mask
+
+    model, proc = tiny_model_and_processor
+    model.set_attn_implementation(impl)
+    rows = [proc.tokenizer(t)["input_ids"] for t in ("a red circle on the page", "the blue square at the top")]
+    n = min(map(len, rows))
+    ids = torch.tensor([r[:n] for r in rows])
+    mask = torch.ones_like(ids)
+    assert decoder_mask(mask, implementation=impl, dtype=torch.float32) == {
+        "full_attention": None,
+        "sliding_attention": None,
+    }
+    assert decoder_mask(mask, implementation="flash_attention_2", dtype=torch.float32) is mask
+    assert decoder_mask(mask, implementation=impl, dtype=torch.float32, fast=False).dim() == 4
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, *args, **kwargs):
+        if q.shape[-2] == n:  # text-decoder calls (the vision tower has its own shapes)
+            seen.append((attn_mask, kwargs.get("is_causal")))
+        return sdpa(q, k, v, attn_mask, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    with torch.no_grad():
+        fast = model(ids, mask).embeddings
+        model.unpadded_fast_path = False
+        masked = model(ids, mask).embeddings
+    torch.testing.assert_close(fast, masked, atol=1e-6, rtol=0)
+    if impl == "sdpa":
+        layers = len(model.language_model.layers)
+        assert [m is None and c is False for m, c in seen[:layers]] == [True] * layers
+        assert all(m is not None and m.dim() == 4 for m, _ in seen[layers:])

@@ -58,3 +58,17 @@ def test_embed_cli_rejects_bad_jsonl(tiny_dir, tmp_path):
         assert "bad.jsonl:2" in str(exc)
     else:
         raise AssertionError("expected a ValueError naming the line")
+
+
+def test_embed_cli_cache_dir_from_the_environment(tiny_dir, tmp_path, monkeypatch, caplog):
+    import logging
+
+    draw_image(70, 50, 2).save(tmp_path / "b.png")
+    (tmp_path / "items.jsonl").write_text('"first"\n' + json.dumps({"text": "x", "image": "b.png"}) + "\n")
+    monkeypatch.setenv("MOCA_CACHE_DIR", str(tmp_path / "cache"))
+    args = ["--model", str(tiny_dir), "--input", str(tmp_path / "items.jsonl"), "--no-progress"]
+    assert embed_main([*args, "--output", str(tmp_path / "1.npy")]) == 0
+    with caplog.at_level(logging.INFO, logger="moca_model.embed"):
+        assert embed_main([*args, "--output", str(tmp_path / "2.npy")]) == 0
+    assert "2 from cache (0 memory, 2 disk), 0 encoded" in caplog.text
+    assert np.array_equal(np.load(tmp_path / "1.npy"), np.load(tmp_path / "2.npy"))

@@ -91,6 +91,44 @@ def test_image_negative_with_empty_text_takes_the_positive_text_and_ids_mark_dup
     assert a.pos_id == b.pos_id and b.neg_ids == (b.pos_id,)  # identical content, identical id
 
 
+def test_empty_negative_texts_follow_the_reference_rule(tmp_path):
+    # reference src/dataset.py:118-123: an empty negative text becomes the positive's text only when all
+    # negative texts of the row are identical (all empty); otherwise a random non-empty negative text of the row
+    for name in ("p.png", "n0.png", "n1.png", "n2.png"):
+        _img(tmp_path / name)
+    mixed = {
+        "qry": "q",
+        "pos_text": "<|image_1|>Represent the given image.",
+        "pos_image_path": "p.png",
+        "neg_text": ["", "a red square", "", "a blue circle"],
+        "neg_image_path": ["n0.png", "", "n2.png", ""],
+    }
+    empty = {**mixed, "neg_text": ["", ""], "neg_image_path": ["n0.png", "n1.png"]}
+    path = _write(tmp_path, [{**mixed, "qry": f"q{i}"} for i in range(20)] + [{**empty, "qry": "all-empty"}])
+
+    def load(seed):
+        return {e.query[0]: e for e in load_cl_data(_cfg(path, num_negatives=4, seed=seed)).tasks[0].examples}
+
+    ex = load(0)
+    texts = {"a red square", "a blue circle"}
+    for i in range(20):
+        negs = ex[f"q{i}"].negs
+        assert [n[1] for n in negs] == [str(tmp_path / "n0.png"), None, str(tmp_path / "n2.png"), None]
+        assert negs[1][0] == "a red square" and negs[3][0] == "a blue circle"
+        assert negs[0][0] in texts and negs[2][0] in texts  # never the positive's own caption
+    drawn = [ex[f"q{i}"].negs[k][0] for i in range(20) for k in (0, 2)]
+    assert set(drawn) == texts  # a real draw, not a fixed pick
+    assert [n[0] for n in ex["all-empty"].negs] == [mixed["pos_text"]] * 4  # all identical: the positive's text
+    assert ex == load(0)  # seeded: every run and rank agrees
+    assert drawn != [load(1)[f"q{i}"].negs[k][0] for i in range(20) for k in (0, 2)]
+
+
+def test_too_few_negatives_repeat_the_last_one_as_the_reference(tmp_path):
+    path = _write(tmp_path, [{"qry": "q", "pos_text": "p", "neg_text": ["n1", "n2"]}])
+    (ex,) = load_cl_data(_cfg(path, num_negatives=4)).tasks[0].examples
+    assert [n[0] for n in ex.negs] == ["n1", "n2", "n2", "n2"]  # reference src/dataset.py:182-183
+
+
 def test_subsample_is_seeded_and_random_not_first_n():
     a = subsample(1000, 50, seed=0, name="x")
     assert len(set(a.tolist())) == 50 and a.max() > 100

@@ -107,6 +107,16 @@ def test_paper_defaults_in_the_3b_recipe():
     cfg = parse_config(["--config", str(ROOT / "configs/cl/qwen25vl_3b.yaml")], CLConfig)
     assert (cfg.loss.temperature, cfg.data.num_negatives, cfg.data.global_batch_size) == (0.03, 2, 2048)
     assert cfg.train.learning_rate == 1e-5 and cfg.model.max_length == 1280 and cfg.loss.gradcache
+    assert cfg.train.warmup == "log"  # the reference's DeepSpeed WarmupDecayLR
+
+
+def test_false_negative_masking_is_an_opt_in_addition():
+    # neither the paper nor the reference masks false negatives: off by default and in the paper recipe
+    from moca_train.cl.config import CLLossConfig
+
+    assert CLLossConfig().mask_false_negatives is False
+    cfg = parse_config(["--config", str(ROOT / "configs/cl/qwen25vl_3b.yaml")], CLConfig)
+    assert cfg.loss.mask_false_negatives is False
 
 
 def test_bad_option_returns_2(capsys):

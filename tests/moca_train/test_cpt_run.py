@@ -157,6 +157,16 @@ def test_two_process_gloo_run(tiny_dir, corpus, tmp_path):
     assert all(r["mlm"] > 0 and r["mae"] > 0 for r in state["history"])
 
 
+def test_several_ranks_need_the_dummy_image(tiny_dir, corpus, tmp_path, monkeypatch):
+    import types
+
+    import moca_train.engine
+
+    monkeypatch.setattr(moca_train.engine, "build_accelerator", lambda cfg: types.SimpleNamespace(num_processes=2))
+    with pytest.raises(ValueError, match="--data.dummy_image"):
+        cpt.run(_cfg(tiny_dir, corpus, tmp_path, "--data.dummy_image", "false"))
+
+
 CLM = ("--objective.use_clm", "true", "--objective.use_mlm", "false", "--objective.use_mae", "false")
 
 

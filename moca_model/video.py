@@ -1,0 +1,248 @@
+"""Video inputs: frame folders, the MMEB-V2 reference's frame sampling, and Qwen2-VL video patch rows.
+
+A video is a short list of frames (paths, encoded bytes or PIL images) in temporal order. It reaches the
+model as a video (``pixel_values_videos`` / ``video_grid_thw`` and a ``<|video_pad|>`` run), never as
+separate images, which is how Qwen2.5-VL was trained on video and what the VLM2Vec harness does
+(``src/model/processor.py`` ``processor(videos=[frames])``).
+
+Frame folders follow the reference (VLM2Vec ``src/utils/vision_utils/vision_utils.py``
+``load_frames`` / ``sample_frames`` / ``process_video_frames``):
+
+- frames are the ``.jpg`` / ``.jpeg`` / ``.png`` files of the folder (extension case-insensitive),
+  natural-sorted (``frame_2`` before ``frame_10``);
+- with ``n >= num_frames`` saved frames, ``np.linspace(0, n - 1, num_frames).astype(int)`` picks them
+  (first and last included); with fewer, all saved frames are used as they are (``short_clips="as-saved"``,
+  the reference at VLM2Vec 6e1e1d4). Later VLM2Vec ``main`` pads such clips by repeating the last frame
+  (``short_clips="pad"``).
+
+Patch rows follow the Qwen2-VL image processor's video path (the one VLM2Vec vendors): every frame is
+resized to the ``smart_resize`` size of the **first** frame (bicubic, per-frame pixel bounds), an odd
+frame count is padded by repeating the last frame (temporal patch 2), and each row holds
+(channel, temporal, patch_h, patch_w) values.
+
+Shapes: F frames, H x W resized frame, T = temporal patch (2), P = (F / T) * (H / 14) * (W / 14) rows of
+3 * T * 14 * 14 = 1176 values.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from moca_model.images import MoCaInputError, fitted_size, image_key, open_image, to_rgb
+from moca_model.patchify import _lookup_table, smart_resize
+
+FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")  # reference IMAGE_EXTENSIONS
+DEFAULT_NUM_FRAMES = 8  # MMEB-V2 released configs (num_frames: 8); the VLM2Vec-V2 paper: "8 uniformly sampled frames"
+ShortClips = Literal["as-saved", "pad"]
+SHORT_CLIP_RULES: tuple[str, ...] = ("as-saved", "pad")
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders embedded numbers by value (``frame_2`` < ``frame_10``), letters case-insensitively."""
+    return [int(part) if part.isdigit() else part.lower() for part in _DIGITS.split(name)]
+
+
+def list_frames(folder: str | os.PathLike) -> list[Path]:
+    """The frame files of a folder, natural-sorted; ``[]`` when the folder does not exist.
+
+    Args:
+        folder: a directory of extracted frames.
+
+    Returns:
+        Paths of its ``.jpg`` / ``.jpeg`` / ``.png`` files (sub-folders and other files ignored).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    files = [f for f in folder.iterdir() if f.suffix.lower() in FRAME_EXTENSIONS and f.is_file()]
+    return sorted(files, key=lambda f: natural_key(f.name))
+
+
+def sample_indices(n: int, num_frames: int) -> list[int]:
+    """Indices of ``num_frames`` frames spread uniformly over ``n >= num_frames`` (first and last included)."""
+    return np.linspace(0, n - 1, num_frames).astype(int).tolist()
+
+
+def sample_frames(frames: Sequence, num_frames: int | None, *, short_clips: ShortClips = "as-saved") -> list:
+    """Pick the frames a video is encoded with, as the reference does.
+
+    Args:
+        frames: all saved frames, in temporal order.
+        num_frames: frames wanted; None keeps every frame (the reference's MomentSeeker clips).
+        short_clips: with fewer saved frames than ``num_frames``: ``"as-saved"`` keeps them all (the
+            reference at 6e1e1d4), ``"pad"`` repeats the last one up to ``num_frames`` (later VLM2Vec main).
+
+    Returns:
+        The chosen frames.
+
+    Raises:
+        ValueError: ``num_frames < 1`` or an unknown ``short_clips`` rule.
+    """
+    if short_clips not in SHORT_CLIP_RULES:
+        raise ValueError(f"short_clips must be one of {SHORT_CLIP_RULES}, got {short_clips!r}")
+    frames = list(frames)
+    if num_frames is None:
+        return frames
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if len(frames) >= num_frames:
+        return [frames[i] for i in sample_indices(len(frames), num_frames)]
+    if short_clips == "pad" and frames:
+        return frames + [frames[-1]] * (num_frames - len(frames))
+    return frames
+
+
+@dataclass(frozen=True)
+class Video:
+    """A video as the frames it is encoded with (paths, encoded bytes or PIL images), in temporal order.
+
+    ``source`` only names the video in messages (e.g. its frame folder).
+    """
+
+    frames: tuple
+    source: str = ""
+
+    @classmethod
+    def from_folder(
+        cls,
+        folder: str | os.PathLike,
+        *,
+        num_frames: int | None = DEFAULT_NUM_FRAMES,
+        short_clips: ShortClips = "as-saved",
+    ) -> Video:
+        """The sampled frames of a frame folder (:func:`list_frames`, then :func:`sample_frames`).
+
+        A missing or empty folder gives a video without frames, which the processor rejects with a
+        message naming the folder.
+        """
+        frames = sample_frames(list_frames(folder), num_frames, short_clips=short_clips)
+        return cls(tuple(str(f) for f in frames), source=str(folder))
+
+    @classmethod
+    def coerce(cls, source, *, num_frames: int | None = DEFAULT_NUM_FRAMES) -> Video:
+        """A :class:`Video` from a frame folder (sampled, see :meth:`from_folder`), a list of frames (used as
+        given) or a Video.
+
+        Raises:
+            TypeError: any other type.
+        """  # noqa: D205
+        if isinstance(source, Video):
+            return source
+        if isinstance(source, (str, os.PathLike)):
+            return cls.from_folder(source, num_frames=num_frames)
+        if isinstance(source, (list, tuple)):
+            return cls(tuple(source))
+        raise TypeError(f"'video' must be a frame folder, a list of frames or a Video, got {type(source).__name__}")
+
+    def describe(self) -> str:
+        """Short description for messages: the source folder, else the first frame."""
+        if self.source:
+            return self.source
+        first = self.frames[0] if self.frames else None
+        return str(first) if isinstance(first, (str, os.PathLike)) else f"{len(self.frames)} in-memory frames"
+
+
+def video_key(video: Video, index: int = 0) -> str:
+    """Content key of a video: its frames' content keys in order (not their paths or folder).
+
+    Frames follow :func:`moca_model.images.image_key` (file bytes, or converted pixels for PIL frames), so
+    two folders holding the same frames share a key and the same folder sampled differently does not.
+
+    Raises:
+        MoCaInputError: no frames, or a missing or unreadable frame (names item ``index``).
+    """
+    _check(video, index)
+    return image_key(video.frames, index)
+
+
+def _check(video: Video, index: int) -> None:
+    if not video.frames:
+        raise MoCaInputError(f"item {index}: video has no frames: {video.describe()} "
+                             "(expected a folder of .jpg/.jpeg/.png frames or a list of frames)")  # fmt: skip
+
+
+def frame_sizes(video: Video, index: int) -> list[tuple[int, int]]:
+    """(height, width) of every frame after the size fixes, from headers only.
+
+    Raises:
+        MoCaInputError: no frames, or a missing or unreadable frame (the message names item ``index``).
+    """
+    _check(video, index)
+    return [fitted_size(open_image(f, index)) for f in video.frames]
+
+
+def decode_frames(video: Video, index: int) -> list[Image.Image]:
+    """Every frame decoded to RGB with the size fixes of :func:`moca_model.images.to_rgb`.
+
+    Raises:
+        MoCaInputError: no frames, or a missing, unreadable or corrupt frame.
+    """
+    _check(video, index)
+    return [to_rgb(open_image(f, index), index) for f in video.frames]
+
+
+def video_grid(
+    height: int,
+    width: int,
+    n_frames: int,
+    *,
+    min_pixels: int,
+    max_pixels: int,
+    patch_size: int = 14,
+    temporal_patch_size: int = 2,
+    merge_size: int = 2,
+) -> tuple[int, int, int]:
+    """``(t, h, w)`` patch grid of a video whose first frame is ``height x width`` (after the size fixes)."""
+    h, w = smart_resize(height, width, factor=patch_size * merge_size, min_pixels=min_pixels, max_pixels=max_pixels)
+    return -(-n_frames // temporal_patch_size), h // patch_size, w // patch_size
+
+
+def patchify_video(
+    frames: Sequence[Image.Image],
+    *,
+    min_pixels: int,
+    max_pixels: int,
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+    patch_size: int = 14,
+    temporal_patch_size: int = 2,
+    merge_size: int = 2,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resize, normalise and cut RGB frames into Qwen2-VL video patch rows.
+
+    Args:
+        frames: F >= 1 RGB PIL images; all are resized to the first frame's ``smart_resize`` size.
+        min_pixels: per-frame lower bound on the resized area.
+        max_pixels: per-frame upper bound on the resized area.
+        mean: per-channel normalisation mean.
+        std: per-channel normalisation std.
+        patch_size: ViT patch side.
+        temporal_patch_size: frames per patch; an odd last group repeats the last frame.
+        merge_size: patches merged per side into one LLM token.
+
+    Returns:
+        ``pixel_values_videos`` (P, 3 * T * patch²) float32 and ``video_grid_thw`` (1, 3) long.
+    """
+    if not frames:
+        raise ValueError("a video needs at least one frame")
+    factor = patch_size * merge_size
+    h, w = smart_resize(frames[0].height, frames[0].width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+    pixels = [np.asarray(f.resize((w, h), Image.Resampling.BICUBIC)) for f in frames]  # F x (H, W, 3) uint8
+    pixels += [pixels[-1]] * (-len(pixels) % temporal_patch_size)
+    m, p, t = merge_size, patch_size, temporal_patch_size
+    gt, gh, gw = len(pixels) // t, h // p, w // p
+    u8 = torch.from_numpy(np.stack(pixels)).view(gt, t, gh // m, m, p, gw // m, m, p, 3)
+    u8 = u8.permute(0, 2, 5, 3, 6, 8, 1, 4, 7).reshape(gt * gh * gw, 3, t * p * p)  # (P, C, T*p*p): bytes, not floats
+    index = u8.long() + torch.arange(3).mul_(256).view(1, 3, 1)
+    values = torch.take(_lookup_table(tuple(mean), tuple(std)), index)  # (P, C, T*p*p) float32
+    return values.reshape(gt * gh * gw, -1), torch.tensor([[gt, gh, gw]], dtype=torch.long)
