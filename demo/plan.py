@@ -91,13 +91,19 @@ class Preset:
     """Also run the MTEB harness check (arms of the first seed, in the mteb environment)."""
 
     def identity(self) -> dict:
-        """What makes two runs' checkpoints interchangeable (seeds and arms are not part of it)."""
+        """What makes two runs' checkpoints interchangeable (seeds and arms are not part of it).
+
+        The world, the step counts and every recipe's full settings, defaults included: a changed default
+        of the training code starts the work directory over, as a changed recipe does.
+        """
         from dataclasses import asdict
 
-        import yaml
+        from moca_train.cl.config import CLConfig
+        from moca_train.cli import parse_config
+        from moca_train.cpt.config import CPTConfig
 
-        recipes = {f"{p.parent.name}/{p.name}": yaml.safe_load(p.read_text())  # comments may change freely
-                   for p in (BASE_CONFIG, CPT_CONFIG, CL_CONFIG)}  # fmt: skip
+        recipes = {f"{p.parent.name}/{p.name}": asdict(parse_config(["--config", str(p)], kind))
+                   for p, kind in ((BASE_CONFIG, CPTConfig), (CPT_CONFIG, CPTConfig), (CL_CONFIG, CLConfig))}
         return {"world": asdict(self.world), "steps": [self.base_steps, self.cpt_steps, self.cl_steps],
                 "recipes": recipes}  # fmt: skip
 
