@@ -38,8 +38,12 @@ def group_chance(manifest: dict, world: Path) -> dict[str, float]:
     return out
 
 
-def cost(graph: list[Job], timings: dict, jobs: int, wall: float) -> dict:
-    """CPU seconds per job kind, their total, and the idle-machine wall time they imply."""
+def cost(graph: list[Job], timings: dict, jobs: int, wall: float, started_at: float) -> dict:
+    """CPU seconds per job kind, their total, and the idle-machine wall time they imply.
+
+    ``wall`` and ``started_at`` describe this invocation only: a resumed run skips finished jobs, so its wall
+    time says nothing about the whole run; ``jobs_run_here`` says how many jobs it actually ran.
+    """
     by_kind: dict[str, list[float]] = {}
     for job in graph:
         if job.name in timings:
@@ -55,7 +59,9 @@ def cost(graph: list[Job], timings: dict, jobs: int, wall: float) -> dict:
         "setup_cpu": setup,
         "cpu_total": setup + sum(seconds.get(j.name, 0.0) for j in graph),
         "idle_wall_estimate": setup + simulate(graph, seconds, max_parallel=jobs) if complete else None,
-        "wall_total": wall,
+        "wall_this_invocation": wall,
+        "jobs_run_here": sum(1 for j in graph if timings.get(j.name, {}).get("finished_at", 0.0) >= started_at),
+        "jobs_total": len(graph),
         "note": "cpu = user + system seconds of each job (one torch thread); idle_wall_estimate schedules the job "
         "graph with those durations on `jobs` slots, plus the world/initialisation setup",
     }
@@ -73,7 +79,7 @@ def _mteb_check(work: Path, preset: Preset, values: dict) -> dict | None:
 
 
 def write(preset: Preset, per_seed: dict, manifest: dict, work: Path, results_dir: Path, *, graph: list[Job],
-          timings: dict, jobs: int, wall: float) -> dict:  # fmt: skip
+          timings: dict, jobs: int, wall: float, started_at: float) -> dict:  # fmt: skip
     """Statistics, tables and charts for the run; returns the payload written."""
     chance = report.chance_scores(group_chance(manifest, work / "world"))
     summaries = {seed: report.seed_summary(d["values"], seed=seed) for seed, d in per_seed.items()}
@@ -87,7 +93,7 @@ def write(preset: Preset, per_seed: dict, manifest: dict, work: Path, results_di
         "per_seed": {str(s): {**summaries[s], "diagnostics": per_seed[s]["diagnostics"],
                               "vidore_reported_ndcg5": per_seed[s]["vidore_reported"]} for s in preset.seeds},
         "mteb_check": _mteb_check(work, preset, per_seed[first]["values"]),
-        "cost": cost(graph, timings, jobs, wall),
+        "cost": cost(graph, timings, jobs, wall, started_at),
         "work_dir": str(work),
     }  # fmt: skip
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -113,7 +119,8 @@ def write(preset: Preset, per_seed: dict, manifest: dict, work: Path, results_di
         out.write("\n" + text)
         written = ["study.json", "study.md", "study.png"]
     c = payload["cost"]
-    out.write(f"\nwrote {', '.join(str(results_dir / w) for w in written)}; {c['wall_total']:.0f} s here, "
+    out.write(f"\nwrote {', '.join(str(results_dir / w) for w in written)}; {c['wall_this_invocation']:.0f} s "
+              f"here ({c['jobs_run_here']} of {c['jobs_total']} jobs run, the rest resumed), "
               f"{c['cpu_total']:.0f} CPU s" + (f", about {c['idle_wall_estimate']:.0f} s on an idle machine with "
               f"{jobs} jobs" if c["idle_wall_estimate"] else "") + "\n")  # fmt: skip
     return payload

@@ -112,7 +112,8 @@ def _prepare(preset: Preset, work: Path, show_progress: bool) -> tuple[dict, flo
 def _record_timing(path: Path):
     def record(job: Job) -> None:
         timings = json.loads(path.read_text()) if path.is_file() else {}
-        timings[job.name] = {"wall": round(job.seconds, 1), "cpu": round(job.cpu_seconds, 1)}
+        timings[job.name] = {"wall": round(job.seconds, 1), "cpu": round(job.cpu_seconds, 1),
+                             "finished_at": round(time.time(), 1)}  # fmt: skip
         path.write_text(json.dumps(timings, indent=1) + "\n")
 
     return record
@@ -131,7 +132,7 @@ def run(preset: Preset, *, work: Path, results_dir: Path, jobs: int, show_progre
         show_progress: progress bars.
         mteb_python: the mteb environment's interpreter; None skips the MTEB harness check.
     """
-    tic = time.perf_counter()
+    tic, started_at = time.perf_counter(), time.time()
     logger.info("[1/3] world and initialisations in %s", work)
     manifest, setup_cpu = _prepare(preset, work, show_progress)
     graph = build_graph(preset, work, manifest, mteb_python)
@@ -148,7 +149,7 @@ def run(preset: Preset, *, work: Path, results_dir: Path, jobs: int, show_progre
         timing_file.write_text(json.dumps(timings, indent=1) + "\n")
     per_seed = {seed: collect_seed(SeedPaths(work / f"s{seed}", preset), preset, work) for seed in preset.seeds}
     return outputs.write(preset, per_seed, manifest, work, results_dir, graph=graph, timings=timings, jobs=jobs,
-                         wall=time.perf_counter() - tic)  # fmt: skip
+                         wall=time.perf_counter() - tic, started_at=started_at)  # fmt: skip
 
 
 def collect_seed(paths: SeedPaths, preset: Preset, work: Path) -> dict:

@@ -82,8 +82,12 @@ def markdown(study: dict, chance: Mapping[str, float], *, diagnostics: Mapping[s
             "|---|" + "--:|" * len(_DIAG)]  # fmt: skip
     for run, d in diagnostics.items():
         out.append(f"| {run} | " + " | ".join(_num(d.get(k)) for k in _DIAG) + " |")
-    out += ["", "## Cost", "", f"CPU seconds (one thread per job): {cost['cpu_total']:.0f} in total; "
-            f"wall {cost['wall_total']:.0f} s on this machine with {cost['jobs']} jobs at a time.", "",
+    idle = cost["idle_wall_estimate"]
+    out += ["", "## Cost", "", f"CPU seconds (one thread per job): {cost['cpu_total']:.0f} in total"
+            + (f", about {idle / 60:.0f} min of wall on an idle machine with {cost['jobs']} jobs at a time (the job "
+               "graph scheduled with these durations)" if idle else "")
+            + f". The invocation that wrote this file ran {cost['jobs_run_here']} of {cost['jobs_total']} jobs "
+            f"(the rest were resumed from the work directory) in {cost['wall_this_invocation']:.0f} s.", "",
             "| job kind | runs | CPU s per run (mean) |", "|---|--:|--:|"]  # fmt: skip
     out += [f"| {kind} | {v['runs']} | {v['cpu_mean']:.0f} |" for kind, v in cost["by_kind"].items()]
     return "\n".join(out) + "\n"

@@ -187,8 +187,14 @@ def test_smoke_pipeline(tmp_path):
     assert min(digits["a"], digits["b"], digits["c"]) >= digits["base"] + 15, digits
     if mteb_python is not None:
         assert set(results["mteb_check"]["a"]) >= {"DemoShapesT2I", "DemoPages"}
-    assert results["cost"]["idle_wall_estimate"] > 0 and all(results["cost"]["per_job"].values())
+    cost = results["cost"]
+    assert cost["idle_wall_estimate"] > 0 and all(cost["per_job"].values())
+    assert cost["jobs_run_here"] == cost["jobs_total"] == len(cost["per_job"])
     assert payload["per_seed"]["0"]["scores"] == seed["scores"]
+    again = demo_run.run(preset, work=work, results_dir=tmp_path / "again", jobs=2, show_progress=False,
+                         mteb_python=mteb_python)  # fmt: skip
+    assert again["cost"]["jobs_run_here"] == 0  # every stage resumed: the report says so, not a 5 s "wall"
+    assert again["per_seed"]["0"]["scores"] == seed["scores"]
 
 
 def test_jobs_respect_dependencies_skips_and_failures(tmp_path):
