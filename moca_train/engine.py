@@ -231,8 +231,11 @@ def _loop(
     bar.close()
     if saved_at < 0:
         logger.info("nothing to do: already at step %d of %d", start, cfg.max_steps)
-    if cfg.report_to != "none":
-        accelerator.end_training()
+    # Trackers finish and the process group is destroyed before the interpreter exits: a gloo group left to
+    # the interpreter's teardown can abort a rank ("terminate called without an active exception") after
+    # the last checkpoint was written, and the launcher then reports the whole run as failed.
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
     return history
 
 
