@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +39,11 @@ def group_chance(manifest: dict, world: Path) -> dict[str, float]:
     return out
 
 
-def cost(graph: list[Job], timings: dict, jobs: int, wall: float, started_at: float) -> dict:
+def cost(graph: list[Job], timings: dict, jobs: int, started_at: float) -> dict:
     """CPU seconds per job kind, their total, and the idle-machine wall time they imply.
 
-    ``wall`` and ``started_at`` describe this invocation only: a resumed run skips finished jobs, so its wall
-    time says nothing about the whole run; ``jobs_run_here`` says how many jobs it actually ran.
+    ``started_at`` (``time.time()``) is when this invocation began; its wall time says nothing about the
+    whole run, since a resumed run skips finished jobs: ``jobs_run_here`` says how many it actually ran.
     """
     by_kind: dict[str, list[float]] = {}
     for job in graph:
@@ -59,7 +60,7 @@ def cost(graph: list[Job], timings: dict, jobs: int, wall: float, started_at: fl
         "setup_cpu": setup,
         "cpu_total": setup + sum(seconds.get(j.name, 0.0) for j in graph),
         "idle_wall_estimate": setup + simulate(graph, seconds, max_parallel=jobs) if complete else None,
-        "wall_this_invocation": wall,
+        "wall_this_invocation": time.time() - started_at,
         "jobs_run_here": sum(1 for j in graph if timings.get(j.name, {}).get("finished_at", 0.0) >= started_at),
         "jobs_total": len(graph),
         "note": "cpu = user + system seconds of each job (one torch thread); idle_wall_estimate schedules the job "
@@ -79,7 +80,7 @@ def _mteb_check(work: Path, preset: Preset, values: dict) -> dict | None:
 
 
 def write(preset: Preset, per_seed: dict, manifest: dict, work: Path, results_dir: Path, *, graph: list[Job],
-          timings: dict, jobs: int, wall: float, started_at: float) -> dict:  # fmt: skip
+          timings: dict, jobs: int, started_at: float) -> dict:  # fmt: skip
     """Statistics, tables and charts for the run; returns the payload written."""
     chance = report.chance_scores(group_chance(manifest, work / "world"))
     summaries = {seed: report.seed_summary(d["values"], seed=seed) for seed, d in per_seed.items()}
@@ -93,7 +94,7 @@ def write(preset: Preset, per_seed: dict, manifest: dict, work: Path, results_di
         "per_seed": {str(s): {**summaries[s], "diagnostics": per_seed[s]["diagnostics"],
                               "vidore_reported_ndcg5": per_seed[s]["vidore_reported"]} for s in preset.seeds},
         "mteb_check": _mteb_check(work, preset, per_seed[first]["values"]),
-        "cost": cost(graph, timings, jobs, wall, started_at),
+        "cost": cost(graph, timings, jobs, started_at),
         "work_dir": str(work),
     }  # fmt: skip
     results_dir.mkdir(parents=True, exist_ok=True)

@@ -123,10 +123,27 @@ def write_chart(rows: Mapping[str, Mapping[str, dict]], chance: Mapping[str, flo
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, ax = plt.subplots(figsize=(1.7 * len(rows) + 2, 4.4))
+    draw_bars(ax, rows, chance, list(next(iter(rows.values()))))
+    ax.set_ylabel("score (%): hit@1, nDCG@5")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="upper left", fontsize=7, ncol=2)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def draw_bars(ax, rows: Mapping[str, Mapping[str, dict]], chance: Mapping[str, float], models: list[str]) -> None:
+    """Grouped bars on ``ax``: one group per row, one bar per model, interval error bars, chance dashed.
+
+    Args:
+        ax: a matplotlib axes.
+        rows: ``{row: {model: interval}}``, an interval being a bootstrap ``{"score", "lo", "hi"}`` or a
+            t-interval ``{"mean", "lo", "hi"}``.
+        chance: chance level per row (rows without one get no dash).
+        models: the models to draw, in bar order.
+    """
     names = list(rows)
-    models = list(next(iter(rows.values())))
     width = 0.8 / len(models)
-    fig, ax = plt.subplots(figsize=(1.7 * len(names) + 2, 4.4))
     for k, model in enumerate(models):
         xs = [i + (k - (len(models) - 1) / 2) * width for i in range(len(names))]
         cis = [rows[n][model] for n in names]
@@ -137,12 +154,7 @@ def write_chart(rows: Mapping[str, Mapping[str, dict]], chance: Mapping[str, flo
         if n in chance:
             ax.hlines(chance[n], i - 0.45, i + 0.45, colors="black", linestyles="dashed", linewidth=1)
     ax.set_xticks(range(len(names)), [n.replace(" ", "\n", 1) for n in names], fontsize=8)
-    ax.set_ylabel("score (%): hit@1, nDCG@5")
     ax.set_ylim(0, 100)
-    ax.set_title(title, fontsize=9)
-    ax.legend(loc="upper left", fontsize=7, ncol=2)
-    fig.tight_layout()
-    save_figure(fig, path)
 
 
 def save_figure(fig, path: Path) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from demo import stats
 from demo.plan import ARMS
-from demo.report import PAGES_ROW, SCORES, label, save_figure
+from demo.report import PAGES_ROW, SCORES, draw_bars, label, save_figure
 
 FRACTIONS = {"b": (("b_25", 0.25), ("b_50", 0.5), ("b", 1.0)), "c": (("c_25", 0.25), ("c_50", 0.5), ("c", 1.0))}
 
@@ -108,18 +108,8 @@ def write_chart(study: dict, chance: Mapping[str, float], path) -> None:
     import matplotlib.pyplot as plt
 
     arms = [m for m in study["scores"][PAGES_ROW] if m in "abcde" or m == "base"]
-    rows = list(SCORES)
     fig, (left, right) = plt.subplots(1, 2, figsize=(15, 5.4), gridspec_kw={"width_ratios": [2.2, 1]})
-    width = 0.8 / len(arms)
-    for k, arm in enumerate(arms):
-        xs = [i + (k - (len(arms) - 1) / 2) * width for i in range(len(rows))]
-        ts = [study["scores"][r][arm] for r in rows]
-        err = [[t["mean"] - t["lo"] for t in ts], [t["hi"] - t["mean"] for t in ts]]
-        left.bar(xs, [t["mean"] for t in ts], width, yerr=err, capsize=2, label=label(arm), error_kw={"linewidth": 0.8})
-    for i, r in enumerate(rows):
-        left.hlines(chance[r], i - 0.45, i + 0.45, colors="black", linestyles="dashed", linewidth=1)
-    left.set_xticks(range(len(rows)), [r.replace(" ", "\n", 1) for r in rows], fontsize=8)
-    left.set_ylim(0, 100)
+    draw_bars(left, {row: study["scores"][row] for row in SCORES}, chance, arms)
     left.set_ylabel("score (%), mean over seeds, 95% t-interval")
     left.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.14))
     left.set_title(f"arms from one causal base ({len(study['seeds'])} seeds; dashed: chance)", fontsize=9)
