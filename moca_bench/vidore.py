@@ -49,6 +49,7 @@ from vidore_benchmark.retrievers.base_vision_retriever import BaseVisionRetrieve
 
 from moca_bench.prompts import VIDORE_DOCUMENT_PROMPT, VIDORE_QUERY_PROMPT
 from moca_bench.scoring import DEFAULT_BLOCK_MB, score_matrix
+from moca_model.moca_config import check_attention
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,6 @@ DEFAULT_MODEL = "moca-embed/MoCa-Qwen25VL-3B"
 ENV_PREFIX = "MOCA_"
 _DTYPES = ("float32", "bfloat16", "float16")
 _ATTN = ("sdpa", "eager", "flash_attention_2")
-_ATTENTION = ("bidirectional", "causal")
 
 
 @dataclass
@@ -103,8 +103,8 @@ class MoCaVidoreConfig:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
         if self.attn_implementation not in (None, *_ATTN):
             raise ValueError(f"attn_implementation must be one of {_ATTN}, got {self.attn_implementation!r}")
-        if self.attention not in (None, *_ATTENTION):
-            raise ValueError(f"attention must be one of {_ATTENTION}, got {self.attention!r}")
+        if self.attention is not None:
+            check_attention(self.attention)
         for name in ("min_pixels", "max_pixels", "max_length"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from moca_model.moca_config import ATTENTION_MODES
+
 logger = logging.getLogger(__name__)
 
 
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     parser.add_argument("--dtype", default=None, help="bfloat16 / float32 (default: bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--attn-implementation", default=None, help="sdpa / eager / flash_attention_2")
-    parser.add_argument("--attention", choices=["bidirectional", "causal"], default=None,
+    parser.add_argument("--attention", choices=ATTENTION_MODES, default=None,
                         help="text attention (default: the checkpoint's moca_config.json, else bidirectional)")
     parser.add_argument("--min-pixels", type=int, default=None, help="per-image lower bound (default 256*28*28)")
     parser.add_argument("--max-pixels", type=int, default=None, help="per-image upper bound (default 1024*28*28)")

@@ -13,8 +13,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from moca_model.moca_config import ATTENTION_MODES
+
 DTYPES = ("float32", "bfloat16", "float16")
-ATTENTION_MODES = ("bidirectional", "causal")
 
 
 def _check(ok: bool, name: str, message: str) -> None:

@@ -16,6 +16,7 @@ import os
 
 from moca_bench.metrics import TIE_RULES
 from moca_bench.mmeb.config import BENCHMARKS, GRADE_ORDERS, SHORT_CLIPS, MMEBConfig
+from moca_model.moca_config import ATTENTION_MODES
 
 _EPILOG = """\
 Results: <output-dir>/<model-name>/mmeb.json (per dataset, meta-task, IND/OOD, overall, counts, ties, bad rows,
@@ -73,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--device", help="cuda or cpu (default cuda when available; torchrun ranks use cuda:LOCAL_RANK)")
     a("--dtype", help="bfloat16 or float32 (default bfloat16 on CUDA, float32 on CPU)")
     a("--attn-implementation", help="sdpa, eager or flash_attention_2 (default flash-attn when installed on CUDA)")
-    a("--attention", choices=("bidirectional", "causal"),
+    a("--attention", choices=ATTENTION_MODES,
       help="text attention (default: the checkpoint's moca_config.json, else bidirectional)")
     a("--min-pixels", type=int, help="per-image lower bound (default the checkpoint's, else 256*28*28)")
     a("--max-pixels", type=int, help="per-image upper bound (default the checkpoint's, else 1024*28*28)")

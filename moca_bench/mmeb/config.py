@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from moca_bench.metrics import TIE_RULES
 from moca_bench.mmeb.data import HUB_DATASET
+from moca_model.moca_config import check_attention
 
 BENCHMARKS = ("v1", "v2")
 SHORT_CLIPS = ("as-saved", "pad")  # moca_model.video.SHORT_CLIP_RULES (not imported: this module stays torch-free)
@@ -107,8 +108,8 @@ class MMEBConfig:
     """Show progress bars (rank 0 only)."""
 
     def __post_init__(self) -> None:
-        if self.attention not in (None, "bidirectional", "causal"):
-            raise ValueError(f"attention must be bidirectional or causal, got {self.attention!r}")
+        if self.attention is not None:
+            check_attention(self.attention)
         if self.tie_rule not in TIE_RULES:
             raise ValueError(f"tie_rule must be one of {TIE_RULES}, got {self.tie_rule!r}")
         for name, allowed in (("benchmark", BENCHMARKS), ("short_clips", SHORT_CLIPS), ("grade_order", GRADE_ORDERS)):
