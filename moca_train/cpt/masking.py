@@ -106,10 +106,8 @@ def mask_text_tokens(
     draw = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)  # (B, T)
     mask = maskable & (draw < probability)
     corrupted = input_ids.masked_fill(mask, mask_token_id)
-    labels = torch.full_like(input_ids, IGNORE_INDEX)
     if shift_labels:
-        predictable = mask[:, 1:] & attention_mask[:, :-1].bool()  # (B, T-1): target i, predictor i-1 real
-        labels[:, :-1] = torch.where(predictable, input_ids[:, 1:], IGNORE_INDEX)
+        labels = _shifted_labels(input_ids, attention_mask, mask)
     else:
         labels = torch.where(mask, input_ids, IGNORE_INDEX)
     return TextMasking(input_ids=corrupted, labels=labels, mask=mask)
@@ -133,8 +131,13 @@ def causal_lm_labels(
     """
     never = torch.as_tensor(never_predict_ids, dtype=input_ids.dtype, device=input_ids.device)
     target = attention_mask.bool() & ~torch.isin(input_ids, never)  # (B, T)
+    return _shifted_labels(input_ids, attention_mask, target)
+
+
+def _shifted_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B, T) labels predicting token ``i`` at position ``i-1``, where ``target[:, i]`` and ``i-1`` is real."""
     labels = torch.full_like(input_ids, IGNORE_INDEX)
-    predictable = target[:, 1:] & attention_mask[:, :-1].bool()  # (B, T-1): target i+1, predictor i real
+    predictable = target[:, 1:] & attention_mask[:, :-1].bool()  # (B, T-1): target i, predictor i-1 real
     labels[:, :-1] = torch.where(predictable, input_ids[:, 1:], IGNORE_INDEX)
     return labels
 
