@@ -60,14 +60,12 @@ def vidore_ndcg5(scores: np.ndarray, relevance: np.ndarray, doc_ids: list[str]) 
         relevance: (Q, N) graded relevance.
         doc_ids: the N page ids (strings).
     """
+    from moca_bench.metrics import ndcg_at_k
+
     ranked = scores.astype(np.float64).copy()
     ranked[:, 1:] = np.maximum(ranked[:, 1:], 0.0)
-    lex = np.argsort(np.argsort(np.array(doc_ids)))  # (N,) rank of each id string
-    order = np.lexsort((np.broadcast_to(-lex, ranked.shape), -ranked), axis=1)  # last key primary
-    discounts = 1.0 / np.log2(np.arange(2, 7))
-    gains = np.take_along_axis(relevance, order, axis=1)[:, :5]
-    ideal = (-np.sort(-relevance, axis=1))[:, :5]
-    return (gains * discounts[: gains.shape[1]]).sum(1) / (ideal * discounts[: ideal.shape[1]]).sum(1)
+    by_id = np.argsort(np.array(doc_ids))[::-1]  # (N,) columns by page id, larger string first
+    return ndcg_at_k(ranked[:, by_id], np.asarray(relevance)[:, by_id], k=5, ties="first")
 
 
 def page_ndcg(vidore_out: Path, collection: Path) -> np.ndarray:
