@@ -17,7 +17,7 @@ import torch
 from transformers import Qwen2_5_VLModel
 from transformers.utils import ModelOutput
 
-from moca_model import moca_config
+from moca_model import moca_config, vision_attention
 from moca_model.bidirectional import decoder_mask, set_causal
 from moca_model.compat import check_transformers_version, rope_index
 from moca_model.pooling import l2_normalize, mean_pool
@@ -51,11 +51,25 @@ class MoCaModel(Qwen2_5_VLModel):
         self.bidirectional = True
         self.unpadded_fast_path = True  # no mask for batches without padding (see moca_model.bidirectional)
         set_causal(self.language_model, causal=False)
+        self.batched_vision_attention = vision_attention.enabled_by_default()
 
     def set_bidirectional(self, bidirectional: bool) -> None:
         """Switch between MoCa's bidirectional attention and Qwen's causal attention (idempotent)."""
         self.bidirectional = bidirectional
         set_causal(self.language_model, causal=not bidirectional)
+
+    @property
+    def batched_vision_attention(self) -> bool:
+        """Whether the vision tower batches its windows/frames on SDPA and eager (see :mod:`moca_model.vision_attention`).
+
+        On by default (``MOCA_BATCHED_VISION_ATTENTION=0`` changes the default); setting False restores the
+        stock per-chunk loop. Results are the same either way (<= 1e-6); flash-attention is never affected.
+        """
+        return vision_attention.is_batched(self.visual)
+
+    @batched_vision_attention.setter
+    def batched_vision_attention(self, enabled: bool) -> None:
+        vision_attention.set_batched(self.visual, bool(enabled))
 
     @property
     def attention(self) -> str:
