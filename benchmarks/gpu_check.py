@@ -5,8 +5,9 @@ document pages (1024 visual tokens) with SDPA, and with flash-attention-2 when `
 checks FA2-vs-SDPA embedding parity on the same inputs (bf16; tolerance written in the result). Then
 pages/s on pages alone (equal sizes, so batches carry no padding): SDPA with the 4-D mask vs the
 no-mask fast path (``MoCaModel.unpadded_fast_path``), and one device vs a pool over ``--devices``
-(default: every GPU; :mod:`moca_model.parallel`). Writes ``results/gpu/gpu_check.json``. No network,
-no checkpoint: the weights are random.
+(default: every GPU; :mod:`moca_model.parallel`); and SDPA pages/s with the vision tower's stock
+per-window loop vs batched windows (``MoCaModel.batched_vision_attention``, issue 25). Writes
+``results/gpu/gpu_check.json``. No network, no checkpoint: the weights are random.
 
     python -m benchmarks.gpu_check                      # on the GPU machine (see gpu_check.sh)
     python -m benchmarks.gpu_check --dry-run            # CPU, tiny architecture: checks the script itself
@@ -183,6 +184,33 @@ def measure_pages(args, arch: dict, dtype: torch.dtype, device: torch.device) ->
     return out
 
 
+def measure_vision_batching(args, arch: dict, dtype: torch.dtype, device: torch.device) -> dict:
+    """Pages/s on SDPA with the vision tower's stock per-window loop vs batched (issue 25), alternated.
+
+    The same pages as :func:`measure_pages`, one model; ``batched_vision_attention`` is the only change.
+    """
+    pages = corpus(0, args.pages, args.page_side)
+    enc = random_encoder(arch, dtype, "sdpa", str(device))
+    out: dict = {"n_pages": len(pages)}
+    vectors, first = {}, pages[: args.batch_size]
+    try:
+        for repeat in range(2):
+            for name, batched in (("stock_loop", False), ("batched", True)):
+                enc.model.batched_vision_attention = batched
+                out.setdefault(name, []).append(_pages_per_s(enc, pages, args.batch_size))
+                if repeat == 0:
+                    vectors[name] = enc.encode(first, batch_size=args.batch_size, show_progress=False)
+    finally:
+        enc.model.batched_vision_attention = True
+        del enc
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    best = {name: max(r["pages_per_s"] for r in out[name]) for name in ("stock_loop", "batched")}
+    out["speedup"] = round(best["batched"] / best["stock_loop"], 3)
+    out["max_abs_diff"] = float(np.abs(vectors["batched"] - vectors["stock_loop"]).max())
+    return out
+
+
 def run(args) -> dict:
     """Build, measure each backend, compare embeddings; return the result record."""
     device = torch.device("cpu" if args.dry_run else "cuda")
@@ -228,6 +256,7 @@ def run(args) -> dict:
             "pass": bool(np.abs(a - b).max() <= PARITY_ATOL and cos.min() >= PARITY_MIN_COSINE),
         }
     result["pages"] = measure_pages(args, arch, dtype, device)
+    result["vision_attention_pages"] = measure_vision_batching(args, arch, dtype, device)
     return result
 
 

@@ -17,3 +17,8 @@ fi
 ls wheels/flash_attn-*.whl >/dev/null 2>&1 && "$PY" -m pip install -q --no-deps wheels/flash_attn-*.whl || true
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
 timeout 480 "$PY" -m benchmarks.gpu_check "$@"
+
+# --- vision attention (issue 25): SDPA calls and time per vision forward, stock per-window loop vs batched
+# vs block-diagonal mask, random-weight towers (width 64 and the 3B width; 1 and 16 pages), bf16, < 2 minutes
+# -> results/gpu/vision_attention.json. Pages/s of the same switch end to end are in gpu_check.json above.
+timeout 240 "$PY" -m benchmarks.vision_attention --device cuda --out results/gpu/vision_attention.json

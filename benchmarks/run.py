@@ -25,6 +25,7 @@ MTEB_PYTHON = Path(__file__).resolve().parents[1] / ".venv-mteb" / "bin" / "pyth
 JOBS = {
     "encode_tiny": ["benchmarks.encode", "--size", "tiny", "--queries", "96", "--pages", "48"],
     "encode_mid": ["benchmarks.encode", "--size", "mid", "--queries", "64", "--pages", "32", "--repeats", "1"],
+    "vision_attention": ["benchmarks.vision_attention", "--repeats", "2"],
     "scoring": ["benchmarks.scoring", "--repeats", "1", "--startup-runs", "60"],
     "topk": ["benchmarks.topk"],
     "mmeb_cost": ["benchmarks.mmeb_cost"],
@@ -55,21 +56,27 @@ def summary() -> str:
     for size in ("tiny", "mid"):
         r = load(f"encode_{size}")
         if r:
-            o, n = r["ours"], r["naive"]
             title = f"{size} random model, {r['n_items']} items: {r['n_queries']} queries + {r['n_pages']} pages"
+            rows = [("ours", "ours"), ("ours, inline (no prefetch thread)", "ours_inline"),
+                    ("ours on the stock vision loop", "ours_stock_vision"),
+                    ("naive (fixed order, pad to 32, stock vision loop)", "naive")]  # fmt: skip
             lines += [
                 f"## Encode ({title})",
                 "| | items/s | real tokens/s | padded fraction | peak RSS MB |",
                 "|---|---|---|---|---|",
-                f"| ours | {o['items_per_s']} | {o['real_tokens_per_s']} | {o['padded_token_fraction']} | "
-                f"{o['peak_rss_mb']} |",
-                f"| naive (fixed order, pad to 32) | {n['items_per_s']} | {n['real_tokens_per_s']} | "
-                f"{n['padded_token_fraction']} | {n['peak_rss_mb']} |",
+                *(
+                    f"| {label} | {r[k]['items_per_s']} | {r[k]['real_tokens_per_s']} | "
+                    f"{r[k]['padded_token_fraction']} | {r[k]['peak_rss_mb']} |"
+                    for label, k in rows
+                    if k in r
+                ),
                 f"\nThroughput ratio: **{r['throughput_ratio']}x** with the default prefetch thread, "
-                f"**{r.get('throughput_ratio_inline', '-')}x** inline (batching alone); "
+                f"**{r.get('throughput_ratio_inline', '-')}x** inline (batching alone), "
+                f"{r.get('throughput_ratio_stock_vision', '-')}x with ours on the stock vision loop; "
                 f"max |diff| {r['max_abs_diff_vs_naive']:.1e}.",
                 "",
             ]
+    lines += _vision_attention_section(load("vision_attention"))
     r = load("scoring")
     if r:
         cfg, sc = r["config"], r["scoring"]
@@ -119,6 +126,32 @@ def summary() -> str:
             body = {k: v for k, v in r.items() if k != "environment"}
             lines += [f"## {name}", "```", json.dumps(body, indent=1, default=_fmt)[:3000], "```", ""]
     return "\n".join(lines) + "\n"
+
+
+def _vision_attention_section(r: dict | None) -> list[str]:
+    """SDPA calls and time per vision forward: stock per-window loop vs grouped vs block-diagonal (issue 25)."""
+    if not r:
+        return []
+    lines = [
+        f"## Vision attention per vision forward ({r['device']}, {r['dtype']}; random-weight towers)",
+        "| workload | tokens | strategy | SDPA calls | wall s | CPU s | window-block attention s | "
+        "full-block attention s | max abs diff |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, w in r["workloads"].items():
+        for strategy, v in w["strategies"].items():
+            cells = (name, w["tokens"], strategy, v["sdpa_calls"], v["seconds_best"], v.get("cpu_seconds_of_best", "-"),
+                     v.get("window_attention_s", "-"), v.get("full_attention_s", "-"),
+                     f"{v['max_abs_diff_vs_stock']:.1e}")  # fmt: skip
+            lines.append("| " + " | ".join(map(str, cells)) + " |")
+    lines.append("")
+    lines += [
+        f"- {name}: grouped {w['speedup_grouped_vs_stock']}x stock wall time ({w['cpu_speedup_grouped_vs_stock']}x CPU "
+        f"time), window-block attention {w['window_attention_speedup']}x"
+        for name, w in r["workloads"].items()
+        if "speedup_grouped_vs_stock" in w
+    ]
+    return [*lines, ""]
 
 
 def _throughput_sections(load) -> list[str]:

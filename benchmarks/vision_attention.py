@@ -95,7 +95,9 @@ def attend_block_diagonal(module, query, key, value, cu_seqlens, attention_inter
     segment = torch.repeat_interleave(torch.arange(lengths.numel(), device=query.device), lengths)
     mask = (segment[:, None] == segment[None, :])[None, None]  # (1, 1, N, N) bool: True = attend
     q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (query, key, value))
-    out, _ = attention_interface(module, q, k, v, attention_mask=mask, scaling=module.scaling, is_causal=False, **kwargs)
+    out, _ = attention_interface(
+        module, q, k, v, attention_mask=mask, scaling=module.scaling, is_causal=False, **kwargs
+    )
     return out.reshape(n, heads, dim)
 
 
@@ -314,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=None, help="result file (default results/benchmarks/vision_attention.json)")
+    p.add_argument("--out", type=Path, default=None, help="default: results/benchmarks/vision_attention.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)

@@ -60,7 +60,7 @@ class MoCaModel(Qwen2_5_VLModel):
 
     @property
     def batched_vision_attention(self) -> bool:
-        """Whether the vision tower batches its windows/frames on SDPA and eager (see :mod:`moca_model.vision_attention`).
+        """Whether the vision tower batches its windows/frames on SDPA and eager (:mod:`moca_model.vision_attention`).
 
         On by default (``MOCA_BATCHED_VISION_ATTENTION=0`` changes the default); setting False restores the
         stock per-chunk loop. Results are the same either way (<= 1e-6); flash-attention is never affected.

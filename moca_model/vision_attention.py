@@ -173,7 +173,9 @@ def attend_chunks(module, query, key, value, cu_seqlens, attention_interface, **
 
     Args:
         module: the attention module (read for ``scaling``; passed to the interface as upstream does).
-        query, key, value: (N, H, Dh) after the rotary embedding.
+        query: (N, H, Dh) after the rotary embedding.
+        key: (N, H, Dh) after the rotary embedding.
+        value: (N, H, Dh).
         cu_seqlens: (C + 1,) chunk boundaries over the N tokens.
         attention_interface: upstream's attention function, ``f(module, q, k, v, attention_mask, ...)``
             on (B, H, L, Dh) returning ((B, L, H, Dh), weights).
@@ -210,8 +212,9 @@ class BatchedChunkAttention:
         Args:
             hidden_states: (N, C) tokens of all images/frames, chunk after chunk.
             cu_seqlens: (C + 1,) chunk boundaries.
-            *args, **kwargs: as upstream (``position_embeddings`` = (cos, sin), each (N, Dh); 4.x also
-                ``rotary_pos_emb``, 5.x ``max_seqlen``, both unused off flash).
+            *args: positional extras, which no upstream caller passes (they take the stock forward).
+            **kwargs: as upstream: ``position_embeddings`` = (cos, sin), each (N, Dh); 4.x also
+                ``rotary_pos_emb``, 5.x ``max_seqlen``, both unused off flash.
 
         Returns:
             (N, C) the attention block's output.

@@ -12,3 +12,5 @@ def test_gpu_check_dry_run_writes_a_result(tmp_path):
     pages = result["pages"]
     assert pages["sdpa_4d_mask"]["pages_per_s"] > 0 and pages["sdpa_fast_path"]["pages_per_s"] > 0
     assert pages["devices"]["list"] == ["cpu", "cpu"] and pages["devices"]["pool"]["pages_per_s"] > 0
+    vision = result["vision_attention_pages"]  # issue 25: the stock per-window loop vs batched windows
+    assert vision["speedup"] > 0 and vision["max_abs_diff"] <= 1e-6

@@ -1,4 +1,4 @@
-"""Batched vision attention (moca_model.vision_attention): exact vs the stock per-chunk loop, fewer calls, one switch."""
+"""Batched vision attention (moca_model.vision_attention): exact vs the stock loop, fewer calls, one switch."""
 
 from __future__ import annotations
 
@@ -59,7 +59,11 @@ def _both(tower, pixels, grid):
 
 
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
-@pytest.mark.parametrize("grids", [[g] for g in GRIDS[:8]] + [GRIDS, GRIDS[::-1]], ids=lambda g: "x".join(map(str, g[0])) if len(g) == 1 else f"mixed{len(g)}")  # noqa: E501
+@pytest.mark.parametrize(
+    "grids",
+    [[g] for g in GRIDS[:8]] + [GRIDS, GRIDS[::-1]],
+    ids=lambda g: "x".join(map(str, g[0])) if len(g) == 1 else f"mixed{len(g)}",
+)
 def test_equal_to_the_stock_loop(impl, grids):
     tower = qwen25_tower(impl).eval()
     pixels, grid = _pixels(grids)
@@ -155,7 +159,9 @@ def test_the_model_batches_by_default_and_one_switch_restores_the_stock_classes(
     assert torch.equal(on, again)
 
 
-@pytest.mark.parametrize(("value", "expected"), [("0", False), ("false", False), ("OFF", False), ("1", True), ("", True)])
+@pytest.mark.parametrize(
+    ("value", "expected"), [("0", False), ("false", False), ("OFF", False), ("1", True), ("", True)]
+)
 def test_environment_variable_sets_the_default(monkeypatch, tiny_dir, value, expected):
     from moca_model.loading import load_model
 

@@ -20,8 +20,9 @@ SIZES = [(56, 56), (200, 120), (90, 260), (224, 224), (130, 170), (300, 60)]
 
 def _image(w: int, h: int, seed: int) -> Image.Image:
     g = torch.Generator().manual_seed(seed)
-    img = Image.new("RGB", (w, h), tuple(int(c) for c in torch.randint(0, 256, (3,), generator=g)))
-    ImageDraw.Draw(img).ellipse([w // 5, h // 4, w // 2, h - 2], fill=tuple(int(c) for c in torch.randint(0, 256, (3,), generator=g)))
+    background, fill = (tuple(int(c) for c in torch.randint(0, 256, (3,), generator=g)) for _ in range(2))
+    img = Image.new("RGB", (w, h), background)
+    ImageDraw.Draw(img).ellipse([w // 5, h // 4, w // 2, h - 2], fill=fill)
     return img
 
 
@@ -64,7 +65,8 @@ def test_one_cpt_step_is_the_same_either_way(tiny_dir):
                                p_text=0.4, p_image=0.5)  # fmt: skip
     records = [{"text": f"{IMAGE_PLACEHOLDER}shape number {i} on a page", "images": [_image(w, h, i)]}
                for i, (w, h) in enumerate(SIZES)]  # fmt: skip
-    records.append({"text": f"two {IMAGE_PLACEHOLDER} and {IMAGE_PLACEHOLDER}", "images": [_image(150, 90, 7), _image(60, 200, 8)]})
+    two = [_image(150, 90, 7), _image(60, 200, 8)]
+    records.append({"text": f"two {IMAGE_PLACEHOLDER} and {IMAGE_PLACEHOLDER}", "images": two})
     batch = CPTCollator(processor, settings)(records, generator=torch.Generator().manual_seed(0))
     assert batch["inputs"]["image_grid_thw"].shape[0] == len(SIZES) + 2
 
