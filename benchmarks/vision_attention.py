@@ -13,9 +13,9 @@ Strategies, measured alternately in one process: ``stock`` (upstream's loop, the
 ``N x N`` boolean mask, what transformers <= 4.53 did; only where ``N`` is small enough to be sane).
 Per strategy: SDPA calls per forward, wall seconds per forward (best of ``--repeats``) and the process CPU
 seconds of that run (steadier than wall time on a shared machine), seconds inside the window blocks' and
-the full blocks' attention modules (timed by hooks), max |diff| to stock. On CPU the whole 3B tower costs
-about a minute per forward, so it runs once per strategy (``stock`` and ``grouped``); ``block_diagonal`` is
-measured at 3B width on one window block's attention module (``3b_block``).
+the full blocks' attention modules (timed by hooks; CPU seconds on CPU), max |diff| to stock. On CPU the
+whole 3B tower costs about a minute per forward, so it runs once per strategy (``stock`` and ``grouped``);
+``block_diagonal`` is measured at 3B width on one window block's attention module (``3b_block``).
 
     python -m benchmarks.vision_attention [--workloads small small_1page ...] [--repeats 3] [--device cuda]
 """
@@ -141,10 +141,14 @@ def _output(out) -> torch.Tensor:
 
 
 class _AttentionTimers:
-    """Seconds spent inside the window blocks' and the full blocks' attention modules (forward hooks)."""
+    """Seconds spent inside the window blocks' and the full blocks' attention modules (forward hooks).
+
+    Process CPU seconds on CPU (steady on a shared machine), wall seconds around synchronisation on CUDA.
+    """
 
     def __init__(self, tower: torch.nn.Module, device: torch.device):
         self.seconds = {"window": 0.0, "full": 0.0}
+        self._clock = time.perf_counter if device.type == "cuda" else time.process_time
         self._start = 0.0
         self._handles = []
         for i, block in enumerate(tower.blocks):
@@ -155,14 +159,14 @@ class _AttentionTimers:
     def _pre(self, device):
         def hook(module, args):
             _sync(device)
-            self._start = time.perf_counter()
+            self._start = self._clock()
 
         return hook
 
     def _post(self, device, kind):
         def hook(module, args, output):
             _sync(device)
-            self.seconds[kind] += time.perf_counter() - self._start
+            self.seconds[kind] += self._clock() - self._start
 
         return hook
 

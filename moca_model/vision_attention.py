@@ -20,8 +20,8 @@ and handed to the *same* upstream attention function (``ALL_ATTENTION_FUNCTIONS[
 projection. Calls per block: the number of distinct chunk lengths (at most 4 window shapes per image size;
 one per image size in the full-attention blocks), not the number of chunks. The grouping (a token
 permutation and its inverse) is computed once per ``cu_seqlens`` tensor, i.e. twice per tower forward,
-and reused by every block. flash-attention (any ``*flash*``), flex attention and anything else take the
-unchanged upstream forward.
+and reused by every block. flash-attention (any ``*flash*``), flex attention, anything else, and
+``torch.compile`` / ``torch.jit`` tracing take the unchanged upstream forward.
 
 Why grouping and not one call with a block-diagonal mask (what transformers <= 4.53 did): the mask costs
 ``N^2`` memory and work for an ``N``-token batch (16 pages: 65k tokens, a 4 GiB boolean mask) and keeps
@@ -226,6 +226,7 @@ class BatchedChunkAttention:
             or position_embeddings is None
             or self.config._attn_implementation not in BATCHED_IMPLEMENTATIONS
             or torch.compiler.is_compiling()
+            or torch.jit.is_tracing()
         ):
             return upstream(hidden_states, cu_seqlens, *args, **kwargs)
         kwargs = {k: v for k, v in kwargs.items() if k not in ("position_embeddings", "rotary_pos_emb", "max_seqlen")}
@@ -262,8 +263,13 @@ def batched_class(upstream: type) -> type:
 
 
 def _upstream_of(module: torch.nn.Module) -> type | None:
+    """The upstream class of a stock or batched attention module, else None.
+
+    None also for classes that wrappers derive from them (FSDP2's ``fully_shard`` swaps in its own subclass:
+    never undo that).
+    """
     cls = type(module)
-    if isinstance(module, BatchedChunkAttention):
+    if cls in _CLASSES.values():
         return cls._upstream_class
     return cls if (cls.__module__, cls.__name__) in UPSTREAM else None
 

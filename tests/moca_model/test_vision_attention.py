@@ -307,3 +307,16 @@ def test_encoder_embeddings_do_not_depend_on_the_switch(tiny_encoder, mixed_item
     finally:
         model.batched_vision_attention = True
     assert np.abs(on - off).max() <= 1e-6
+
+
+def test_a_wrapper_subclass_is_never_swapped_away():
+    """FSDP2's fully_shard gives a module its own subclass; the switch must not undo it."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLVisionAttention
+
+    tower = qwen25_tower()
+    first = tower.blocks[0].attn
+    wrapped = type("FSDPBatchedQwen2_5_VLVisionAttention", (type(first),), {})
+    first.__class__ = wrapped
+    assert set_batched(tower, False) == 0
+    assert type(first) is wrapped and type(tower.blocks[1].attn) is Qwen2_5_VLVisionAttention
+    assert set_batched(tower, True) == 3 and type(first) is wrapped
