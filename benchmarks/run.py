@@ -1,4 +1,4 @@
-"""``make bench``: run every CPU benchmark (about 15 minutes on 2 cores) and write a Markdown summary.
+"""``make bench``: run every CPU benchmark (about 20 minutes on 2 cores) and write a Markdown summary.
 
 Each benchmark is its own module (``python -m benchmarks.<name>``) writing ``results/benchmarks/<name>.json``;
 this script runs them in sequence with sizes that fit the budget, then renders
@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 MTEB_PYTHON = Path(__file__).resolve().parents[1] / ".venv-mteb" / "bin" / "python"
 
 JOBS = {
-    "encode_tiny": ["benchmarks.encode", "--size", "tiny", "--queries", "96", "--pages", "48"],
+    "encode_tiny": ["benchmarks.encode", "--size", "tiny", "--queries", "96", "--pages", "48", "--profile"],
     "encode_mid": ["benchmarks.encode", "--size", "mid", "--queries", "64", "--pages", "32", "--repeats", "1"],
     "vision_attention": ["benchmarks.vision_attention", "--repeats", "2"],
     "scoring": ["benchmarks.scoring", "--repeats", "1", "--startup-runs", "60"],

@@ -7,10 +7,11 @@ windows (8x8 patches, smaller at the right and bottom edges) in 28 of its 32 blo
 (an image, or one temporal slice of a video) in the other 4 blocks and in every block of Qwen2-VL and
 Qwen3-VL. ``cu_seqlens`` marks the chunk boundaries. flash-attention-2 takes them in one varlen call; every
 other backend runs ``for chunk in chunks: attention(chunk)`` ("Other implementations: Process each chunk
-separately" in the upstream modeling files). A 1,024-token page is 64+ windows, so the 3B tower makes
-about 2,000 SDPA calls per page, each tens of microseconds of launch and Python for a 64-token matrix.
-That overhead, not arithmetic, bounds pages/s wherever flash-attn is not installed (SDPA on AMD, new GPU
-generations, torch builds without a wheel, CPU).
+separately" in the upstream modeling files). A 1,024-token page is 64 windows, so the 3B tower makes
+1,796 SDPA calls per page, each tens of microseconds of launch and Python on a GPU for a 64-token
+matrix: that overhead, not arithmetic, bounds pages/s wherever flash-attn is not installed (SDPA on AMD,
+new GPU generations, torch builds without a wheel). On CPU a window's arithmetic costs about as much as
+the call, so the gain there is smaller (results/benchmarks/SUMMARY.md).
 
 What changes. On ``sdpa`` and ``eager`` only, :class:`BatchedChunkAttention` replaces the attention
 module's forward: q/k/v and the rotary embedding are computed as upstream does (same functions, same
@@ -25,7 +26,7 @@ and reused by every block. flash-attention (any ``*flash*``), flex attention, an
 
 Why grouping and not one call with a block-diagonal mask (what transformers <= 4.53 did): the mask costs
 ``N^2`` memory and work for an ``N``-token batch (16 pages: 65k tokens, a 4 GiB boolean mask) and keeps
-SDPA off its fused kernels; ``benchmarks/vision_attention.py`` measures both (results/benchmarks/SUMMARY.md).
+SDPA off its flash kernel; ``benchmarks/vision_attention.py`` measures both (results/benchmarks/SUMMARY.md).
 
 Exactness. Each chunk still attends over exactly its own tokens with the same kernel, so results equal
 the stock loop to float rounding (tests: <= 1e-6 in fp32 over many image sizes, edge windows, videos

@@ -10,3 +10,11 @@ def test_summary_renders_the_throughput_results():
     assert re.search(r"\| without cache \| \d+ \| 6\.0 \|", text)  # the corpus once per language
     assert re.search(r"\| with cache \| \d+ \| 1\.0 \|", text)  # ... and once in all
     assert re.search(r"\| warm \| 0 \| \d+ \|", text)  # a warm vidore rerun runs no page
+
+
+def test_summary_renders_the_vision_attention_calls():
+    text = run.summary()
+    assert "## Vision attention per vision forward" in text
+    assert re.search(r"\| small \| 12288 \| stock \| 5392 \|", text)  # the 4 pages, one call per window
+    assert re.search(r"\| small \| 12288 \| grouped \| 32 \|", text)  # one call per block
+    assert "ours on the stock vision loop" in text
