@@ -14,6 +14,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 FSDP_CONFIG = ROOT / "configs/accelerate/fsdp.yaml"
+DEEPSPEED_CONFIG = ROOT / "configs/accelerate/deepspeed_zero3.yaml"
 
 
 def write_modality_tasks(world: Path) -> dict[str, Path]:
@@ -42,12 +43,15 @@ def free_port() -> int:
 
 
 def launch(kind: str, module: str, args: list[str], *, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m module args`` on 2 gloo ranks: ``ddp`` (torchrun) or ``fsdp`` (accelerate launch + fsdp.yaml)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONHASHSEED": "0"}
+    """Run ``python -m module args`` on 2 gloo ranks: ``ddp`` (torchrun), ``fsdp`` (accelerate launch + fsdp.yaml) or
+    ``deepspeed`` (accelerate launch + deepspeed_zero3.yaml on DeepSpeed's CPU accelerator)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONHASHSEED": "0",
+           "DS_ACCELERATOR": "cpu"}  # fmt: skip
     if kind == "ddp":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
     else:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_CONFIG),
+        config = {"fsdp": FSDP_CONFIG, "deepspeed": DEEPSPEED_CONFIG}[kind]
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
                "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port())]  # fmt: skip
     proc = subprocess.run([*cmd, "-m", module, *args], env=env, capture_output=True, text=True, timeout=timeout,
                           cwd=ROOT)  # fmt: skip
