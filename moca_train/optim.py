@@ -94,6 +94,9 @@ def configure_deepspeed(accelerator: Accelerator, max_grad_norm: float | None, d
       ``prepare`` and refuses to prepare without one; our batch sources hand each rank its micro-batches
       themselves (rows per micro-batch vary with the token budget), so the engine is told 1. DeepSpeed
       uses the value only for its own data loader and throughput accounting, never for the gradient.
+    - ``zero_force_ds_cpu_optimizer: false``: the training config owns the optimizer (torch AdamW). With
+      ``offload_optimizer_device: cpu`` accelerate and DeepSpeed would otherwise swap it for
+      ``DeepSpeedCPUAdam``, a C++ extension compiled at start-up, with its own numerics.
 
     Raises:
         ValueError: the DeepSpeed config sets a different number than ``--train.max_grad_norm``.
@@ -107,6 +110,7 @@ def configure_deepspeed(accelerator: Accelerator, max_grad_norm: float | None, d
             f"says {max_grad_norm}; set gradient_clipping to 'auto' in the DeepSpeed config"
         )
     ds_config["gradient_clipping"] = want * divisor
+    ds_config["zero_force_ds_cpu_optimizer"] = False
     if ds_config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
         ds_config["train_micro_batch_size_per_gpu"] = 1
     if ds_config.get("train_batch_size") == "auto":
