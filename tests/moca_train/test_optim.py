@@ -48,6 +48,8 @@ def test_deepspeed_clips_at_the_training_configs_value():
     acc, ds = accelerator("auto")  # accelerate would fill 'auto' with 1.0
     configure_deepspeed(acc, 5.0, divisor=8)
     assert ds["gradient_clipping"] == 40.0  # the engine's gradient is 8x the reference's (CL on 8 ranks)
+    # no DataLoader goes through prepare (accelerate would refuse 'auto'); the config's torch AdamW is kept
+    assert ds["train_micro_batch_size_per_gpu"] == 1 and ds["zero_force_ds_cpu_optimizer"] is False
     acc, ds = accelerator(None)
     configure_deepspeed(acc, None, divisor=1)
     assert ds["gradient_clipping"] == 0.0  # DeepSpeed: 0 disables clipping
