@@ -118,7 +118,7 @@ def _check_cu_seqlens(cu: torch.Tensor, max_seqlen, total: int, name: str) -> li
     if cu.dtype != torch.int32:
         raise TypeError(f"cu_seqlens_{name} must be int32 (flash-attn refuses {cu.dtype})")
     bounds = cu.tolist()
-    if bounds[0] != 0 or bounds[-1] != total or any(b > a for a, b in zip(bounds[1:], bounds)):
+    if bounds[0] != 0 or bounds[-1] != total or any(b < a for a, b in zip(bounds, bounds[1:])):
         raise ValueError(f"cu_seqlens_{name} {bounds} is not a 0-based cumulative length ending at {total}")
     longest = max((b - a for a, b in zip(bounds, bounds[1:])), default=0)
     if int(max_seqlen) < longest:
