@@ -46,10 +46,8 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-BUSY = (
-    "import time\nt=time.perf_counter();c=time.process_time()\nwhile time.perf_counter()-t<{s}:pass\n"
-    "print((time.process_time()-c)/(time.perf_counter()-t))"
-)
+BUSY = "import time\nt=time.perf_counter();c=time.process_time()\nwhile time.perf_counter()-t<{s}:pass\n" \
+       "print((time.process_time()-c)/(time.perf_counter()-t))"
 
 
 def parallel_cores(seconds: float = 2.0) -> float:

@@ -62,14 +62,9 @@ def main(argv: list[str] | None = None) -> int:
 
     v2 = v2_costs()
     o = v2["overall"]
-    logger.info(
-        "MMEB-V2: %d unique inputs (%d tasks with unknown corpus left out), %d video inputs, %d frames -> %s",
-        o["unique_inputs"],
-        o["tasks_with_unknown_corpus"],
-        o["video_inputs"],
-        o["frames"],
-        write_result("mmeb_v2_cost", v2),
-    )
+    logger.info("MMEB-V2: %d unique inputs (%d tasks with unknown corpus left out), %d video inputs, %d frames -> %s",
+                o["unique_inputs"], o["tasks_with_unknown_corpus"], o["video_inputs"], o["frames"],
+                write_result("mmeb_v2_cost", v2))
     return 0
 
 

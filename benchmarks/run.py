@@ -108,10 +108,8 @@ def summary() -> str:
                   "| group | queries | unique inputs | naive passes | video inputs | frames | unknown corpora |",
                   "|---|---|---|---|---|---|---|"]  # fmt: skip
         for label, g in [*r["modalities"].items(), *r["meta_tasks"].items(), ("overall", r["overall"])]:
-            lines.append(
-                f"| {label} | {g['queries']} | {g['unique_inputs']} | {g['naive_passes']} | "
-                f"{g['video_inputs']} | {g['frames']} | {g['tasks_with_unknown_corpus']} |"
-            )
+            lines.append(f"| {label} | {g['queries']} | {g['unique_inputs']} | {g['naive_passes']} | "
+                         f"{g['video_inputs']} | {g['frames']} | {g['tasks_with_unknown_corpus']} |")
         lines.append("")
     lines += _st_summary(load)
     lines += _throughput_sections(load)

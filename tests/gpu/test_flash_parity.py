@@ -67,10 +67,6 @@ def test_flash_attention_matches_sdpa_on_videos(cuda, tiny_dir, tmp_path):
         (tmp_path / clip).mkdir()
         for i in range(n):
             Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(tmp_path / clip / f"{i}.jpg")
-    items = [
-        {"text": "a clip", "video": str(tmp_path / "a")},
-        {"text": "short", "video": str(tmp_path / "b")},
-        "plain text",
-        {"text": " both", "video": str(tmp_path / "b"), "image": Image.new("RGB", (64, 64))},
-    ]
+    items = [{"text": "a clip", "video": str(tmp_path / "a")}, {"text": "short", "video": str(tmp_path / "b")},
+             "plain text", {"text": " both", "video": str(tmp_path / "b"), "image": Image.new("RGB", (64, 64))}]
     _assert_kernels_agree(tiny_dir, cuda, items)
