@@ -6,7 +6,8 @@ Random-weight Qwen2.5-VL vision towers (:mod:`moca_model.vision_attention` is wh
   of 16), where per-call overhead weighs most, as it does on a GPU. Workloads: the issue's 4 pages of 64x48
   patches (5,392 stock calls), one such page, and 8 pages of 256..1,024 visual tokens with edge windows;
 - ``3b``: the 3B/7B tower at its real width (1280, 16 heads, MLP 3420, 32 blocks), one 896x896 page
-  (64x64 patches, 1,024 visual tokens, 64 windows); on a GPU also 16 such pages in one batch.
+  (64x64 patches, 1,024 visual tokens, 64 windows); on a GPU also 16 such pages in one batch, and
+  ``3b_encode``: pages/s of the whole random-weight 3B MoCaEncoder (SDPA) with the switch off vs on.
 
 Strategies, measured alternately in one process: ``stock`` (upstream's loop, the switch off), ``grouped``
 (the default: one call per distinct chunk length) and ``block_diagonal`` (one call per block with an
@@ -18,6 +19,7 @@ whole 3B tower costs about a minute per forward, so it runs once per strategy (`
 ``block_diagonal`` is measured at 3B width on one window block's attention module (``3b_block``).
 
     python -m benchmarks.vision_attention [--workloads small small_1page ...] [--repeats 3] [--device cuda]
+    python -m benchmarks.vision_attention --dry-run     # CPU, a 4-block tower and the tiny MoCa: checks the script
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ WORKLOADS = {
     "3b_16pages": ("3b", [(1, 64, 64)] * 16, ("stock", "grouped")),
 }
 CPU_WORKLOADS = ["small", "small_1page", "small_mixed", "3b_block", "3b"]
-GPU_WORKLOADS = ["small", "small_1page", "small_mixed", "3b_block", "3b", "3b_16pages"]
+GPU_WORKLOADS = ["small", "small_1page", "small_mixed", "3b_block", "3b", "3b_16pages", "3b_encode"]
 
 
 @contextlib.contextmanager
@@ -117,12 +119,12 @@ def strategy(tower: torch.nn.Module, name: str):
         vision_attention.set_batched(tower, True)
 
 
-def build_tower(name: str, device: torch.device, dtype: torch.dtype):
-    """A random-weight Qwen2.5-VL vision tower (``TOWERS[name]``, window 112, patch 14) on ``device``."""
+def build_tower(fields: dict, device: torch.device, dtype: torch.dtype):
+    """A random-weight Qwen2.5-VL vision tower (``fields`` as in ``TOWERS``; window 112, patch 14) on ``device``."""
     from transformers import Qwen2_5_VLConfig
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
-    fields = {**TOWERS[name], "fullatt_block_indexes": FULL_BLOCKS, "window_size": 112, "patch_size": 14,
+    fields = {**fields, "fullatt_block_indexes": FULL_BLOCKS, "window_size": 112, "patch_size": 14,
               "spatial_merge_size": 2, "temporal_patch_size": 2}  # fmt: skip
     cfg = Qwen2_5_VLConfig(vision_config=fields).vision_config
     torch.manual_seed(0)
@@ -271,6 +273,33 @@ def measure_block(tower, grids: list, *, repeats: int, device: torch.device, dty
     return result
 
 
+def measure_encoder_pages(
+    *, pages: int, page_side: int, batch_size: int, device: torch.device, dtype: torch.dtype, tiny: bool = False
+) -> dict:
+    """Pages/s of a random-weight MoCaEncoder (3B architecture, SDPA) with the stock loop vs batched, alternated."""
+    import numpy as np
+
+    from benchmarks.gpu_check import ARCH_3B, ARCH_TINY, _pages_per_s, corpus, random_encoder
+
+    items = corpus(0, pages, page_side)
+    enc = random_encoder(ARCH_TINY if tiny else ARCH_3B, dtype, "sdpa", str(device))
+    out: dict = {"n_pages": pages, "page_side_px": page_side, "batch_size": batch_size}
+    vectors = {}
+    try:
+        for repeat in range(2):
+            for name, batched in (("stock", False), ("grouped", True)):
+                enc.model.batched_vision_attention = batched
+                out.setdefault(name, []).append(_pages_per_s(enc, items, batch_size))
+                if repeat == 0:
+                    vectors[name] = enc.encode(items[:batch_size], batch_size=batch_size, show_progress=False)
+    finally:
+        enc.model.batched_vision_attention = True
+    best = {name: max(r["pages_per_s"] for r in out[name]) for name in ("stock", "grouped")}
+    out["speedup_grouped_vs_stock"] = round(best["grouped"] / best["stock"], 3)
+    out["max_abs_diff"] = float(np.abs(vectors["grouped"] - vectors["stock"]).max())
+    return out
+
+
 def _window_seqlens(tower, grid: torch.Tensor):
     """(window_index, cu_window_seqlens) as the installed transformers computes them for ``grid``."""
     if hasattr(tower, "get_window_index"):  # 4.x
@@ -283,29 +312,46 @@ def _window_seqlens(tower, grid: torch.Tensor):
     return get_vision_window_index(grid, cfg.spatial_merge_size, cfg.window_size, cfg.patch_size)
 
 
-def run(workloads: list[str], *, repeats: int, device: torch.device, dtype: torch.dtype) -> dict:
-    """Measure each workload; towers are built once per size."""
+def run(
+    workloads: list[str],
+    *,
+    repeats: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    encode_pages: int = 128,
+    towers_cfg: dict | None = None,
+    workload_specs: dict | None = None,
+) -> dict:
+    """Measure each workload (``towers_cfg`` / ``workload_specs`` default to ``TOWERS`` / ``WORKLOADS``)."""
+    towers_cfg, workload_specs = towers_cfg or TOWERS, workload_specs or WORKLOADS
     towers: dict[str, torch.nn.Module] = {}
     result = {"device": str(device), "dtype": str(dtype), "workloads": {}}
     if device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(device)
     for name in workloads:
+        if name == "3b_encode":  # 896 px pages: 1,024 visual tokens (the tiny MoCa on CPU: 112 px)
+            t0, gpu = time.perf_counter(), device.type == "cuda"
+            record = measure_encoder_pages(pages=encode_pages, page_side=896 if gpu else 112, batch_size=16,
+                                           device=device, dtype=dtype, tiny=not gpu)  # fmt: skip
+            result["workloads"][name] = record
+            logger.info("%s (%.0f s): %s", name, time.perf_counter() - t0, record)
+            continue
         size = "3b" if name.startswith("3b") else "small"
         if size not in towers:
             t0 = time.perf_counter()
-            towers[size] = build_tower(size, device, dtype)
+            towers[size] = build_tower(towers_cfg[size], device, dtype)
             logger.info("built the %s tower in %.1f s", size, time.perf_counter() - t0)
         t0 = time.perf_counter()
         if name == "3b_block":
             record = measure_block(towers[size], [(1, 64, 64)], repeats=repeats, device=device, dtype=dtype)
         else:
-            _, grids, strategies = WORKLOADS[name]
+            _, grids, strategies = workload_specs[name]
             tokens = sum(t * h * w for t, h, w in grids)
             if tokens > BLOCK_DIAGONAL_MAX_TOKENS:
                 strategies = tuple(s for s in strategies if s != "block_diagonal")
             reps = 0 if (size == "3b" and device.type == "cpu") else repeats  # about a minute per forward
             record = measure_tower(towers[size], grids, strategies, repeats=reps, device=device, dtype=dtype)
-        record.update(tower=size, tower_config={**TOWERS[size], "fullatt_block_indexes": FULL_BLOCKS})
+        record.update(tower=size, tower_config={**towers_cfg[size], "fullatt_block_indexes": FULL_BLOCKS})
         result["workloads"][name] = record
         logger.info("%s (%.0f s): %s", name, time.perf_counter() - t0,
                     {k: (v["sdpa_calls"], v["seconds_best"]) for k, v in record["strategies"].items()})  # fmt: skip
@@ -315,19 +361,27 @@ def run(workloads: list[str], *, repeats: int, device: torch.device, dtype: torc
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--workloads", nargs="+", choices=[*WORKLOADS, "3b_block"], default=None,
+    p.add_argument("--workloads", nargs="+", choices=[*WORKLOADS, "3b_block", "3b_encode"], default=None,
                    help=f"default: {' '.join(CPU_WORKLOADS)} on CPU, {' '.join(GPU_WORKLOADS)} on CUDA")  # fmt: skip
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--encode-pages", type=int, default=128, help="pages for 3b_encode")
+    p.add_argument("--dry-run", action="store_true", help="CPU, a 4-block tower and the tiny MoCa (checks the script)")
     p.add_argument("--out", type=Path, default=None, help="default: results/benchmarks/vision_attention.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = torch.device("cpu" if args.dry_run else args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     workloads = args.workloads or (GPU_WORKLOADS if device.type == "cuda" else CPU_WORKLOADS)
-    result = run(workloads, repeats=args.repeats, device=device, dtype=dtype)
+    towers_cfg, specs = TOWERS, WORKLOADS
+    if args.dry_run:
+        towers_cfg = {**TOWERS, "small": {**TOWERS["small"], "depth": 4, "hidden_size": 32}}
+        specs = {**WORKLOADS, "small_1page": ("small", [(1, 18, 10), (1, 16, 16)], STRATEGIES)}
+        workloads, args.repeats, args.encode_pages = ["small_1page", "3b_encode"], 1, 4
+    result = run(workloads, repeats=args.repeats, device=device, dtype=dtype, encode_pages=args.encode_pages,
+                 towers_cfg=towers_cfg, workload_specs=specs)  # fmt: skip
     if args.out is None:
         path = write_result("vision_attention", result)
     else:

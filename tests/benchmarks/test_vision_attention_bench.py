@@ -1,29 +1,24 @@
 import json
 
-import pytest
-
 from benchmarks import vision_attention as bench
 
 
-@pytest.fixture
-def quick(monkeypatch):
-    """The benchmark's code paths on a 4-block tower (2 full blocks) and small pages."""
-    monkeypatch.setitem(bench.TOWERS, "small", {**bench.TOWERS["small"], "depth": 4, "hidden_size": 32})
+def test_the_dry_run_measures_every_strategy_exactly(monkeypatch, tmp_path):
+    """--dry-run (what gpu_check.sh --dry-run runs): a 4-block tower, 2 small pages, and the tiny MoCa's pages/s."""
     monkeypatch.setattr(bench, "FULL_BLOCKS", [1, 3])
-    monkeypatch.setitem(bench.WORKLOADS, "small_1page", ("small", [(1, 18, 10), (1, 16, 16)], bench.STRATEGIES))
-
-
-def test_the_benchmark_measures_every_strategy_exactly(quick, tmp_path):
     out = tmp_path / "va.json"
-    assert bench.main(["--workloads", "small_1page", "--repeats", "1", "--out", str(out)]) == 0
-    w = json.loads(out.read_text())["workloads"]["small_1page"]
+    assert bench.main(["--dry-run", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())["workloads"]
+    w = result["small_1page"]
     s = w["strategies"]
     # 6 + 4 windows and 2 images: the loop calls once per chunk, grouped once per length (64, 16, 4 / 2 sizes)
     assert s["stock"]["sdpa_calls"] == 2 * 10 + 2 * 2 and s["grouped"]["sdpa_calls"] == 2 * 3 + 2 * 2
     assert s["block_diagonal"]["sdpa_calls"] == 4
     assert s["grouped"]["max_abs_diff_vs_stock"] <= 1e-6 and s["block_diagonal"]["max_abs_diff_vs_stock"] <= 1e-5
     assert all(v["seconds_best"] > 0 and v["window_attention_s"] > 0 and v["full_attention_s"] > 0 for v in s.values())
-    assert w["speedup_grouped_vs_stock"] > 0
+    assert w["speedup_grouped_vs_stock"] > 0 and bench.TOWERS["small"]["depth"] == 32  # globals untouched
+    pages = result["3b_encode"]
+    assert pages["speedup_grouped_vs_stock"] > 0 and pages["max_abs_diff"] <= 1e-6
 
 
 def test_block_diagonal_matches_the_chunks():

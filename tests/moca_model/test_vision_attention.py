@@ -176,25 +176,23 @@ def test_a_bad_environment_value_is_a_clear_error(monkeypatch):
         vision_attention.enabled_by_default()
 
 
-def test_flash_attention_keeps_the_upstream_forward(monkeypatch):
-    """Any implementation other than sdpa/eager (flash-attention-2 here) runs upstream's forward untouched."""
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLVisionAttention
+def test_flash_attention_keeps_the_upstream_varlen_call():
+    """flash-attention-2 (transformers' own path, on the CPU stand-in) runs upstream's forward: one varlen call per
+    block with every window / frame, and the same output as the SDPA loop."""
+    from moca_model.testing_flash import flash_attn_standin
 
-    tower = qwen25_tower().eval()
-    seen = []
-
-    def upstream(self, hidden_states, cu_seqlens, **kwargs):
-        seen.append(self.config._attn_implementation)
-        return hidden_states
-
-    monkeypatch.setattr(Qwen2_5_VLVisionAttention, "forward", upstream)
-    monkeypatch.setattr(tower.config, "_attn_implementation", "flash_attention_2")
-    attn = tower.blocks[0].attn
-    assert isinstance(attn, BatchedChunkAttention)
-    x = torch.randn(8, 32)
-    cos_sin = (torch.ones(8, 8), torch.zeros(8, 8))
-    assert attn(x, cu_seqlens=torch.tensor([0, 8], dtype=torch.int32), position_embeddings=cos_sin) is x
-    assert seen == ["flash_attention_2"]
+    grids = [(1, 18, 10), (2, 8, 8)]
+    pixels, grid = _pixels(grids)
+    with torch.no_grad():
+        ref = _merged(qwen25_tower("sdpa").eval()(pixels, grid_thw=grid))
+        with flash_attn_standin() as calls:
+            tower = qwen25_tower("flash_attention_2").eval()
+            assert vision_attention.is_batched(tower) and tower.config._attn_implementation == "flash_attention_2"
+            out = _merged(tower(pixels, grid_thw=grid))
+    varlen = [c for c in calls if c["kernel"] == "varlen"]
+    windows, frames = _window_lengths(grids), [h * w for t, h, w in grids for _ in range(t)]
+    assert [c["seqlens"] for c in varlen] == [windows, frames, windows, frames]  # blocks 0-3, full in 1 and 3
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
 
 
 def test_a_registered_attention_function_runs_the_stock_loop():
