@@ -88,6 +88,11 @@ class MoCaMixin:
         if kwargs.get("is_main_process", True):
             moca_config.update(save_directory, backbone=self.backbone, attention=self.attention, pooling=self.pooling)
 
+    @classmethod
+    def stock_class(cls) -> type:
+        """The stock transformers base model this class extends (e.g. ``Qwen3VLModel``)."""
+        return next(c for c in cls.__mro__ if c.__module__.startswith("transformers.models."))
+
     @property
     def attn_implementation(self) -> str:
         """The text decoder's attention backend (``sdpa``, ``eager``, ``flash_attention_2``)."""

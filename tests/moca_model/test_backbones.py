@@ -37,8 +37,7 @@ def _batch(proc, items):
 
 def _stock(model):
     """The stock transformers base model of the backbone, with the same weights."""
-    stock_class = next(c for c in type(model).__mro__[1:] if c.__module__.startswith("transformers.models."))
-    stock = stock_class._from_config(model.config, attn_implementation="sdpa").eval()
+    stock = model.stock_class()._from_config(model.config, attn_implementation="sdpa").eval()
     stock.load_state_dict(model.state_dict())
     return stock
 
