@@ -57,7 +57,8 @@ def cpt_args(ckpt, corpus, out, *extra) -> list[str]:
 def cl_args(ckpt, world, out, *extra) -> list[str]:
     return ["--config", str(ROOT / "configs/cl/tiny.yaml"), "--model.init_from", str(ckpt),
             "--train.output_dir", str(out), "--data.datasets.0.path", str(world / "shapes_i2t.jsonl"),
-            "--data.datasets.1.path", str(world / "shapes_t2i.jsonl"), "--train.progress_bar", "false", *extra]  # fmt: skip
+            "--data.datasets.1.path", str(world / "shapes_t2i.jsonl"), "--train.progress_bar", "false",
+            *extra]  # fmt: skip
 
 
 def _mean(rows, key):
@@ -154,7 +155,8 @@ def test_two_gloo_ranks_equal_one_process(tiny_backbone_dirs, tmp_path, backbone
     corpus = write_corpus(tmp_path / "corpus", rows=120, seed=0)
     cargs = ["--config", str(ROOT / "configs/cpt/tiny.yaml"), "--model.init_from", str(ckpt),
              "--data.sources", f"[{{path: {corpus}}}]", "--data.cache_dir", str(tmp_path / "cache"),
-             "--data.token_budget", "64", "--train.max_steps", str(CPT_STEPS), "--train.progress_bar", "false"]  # fmt: skip
+             "--data.token_budget", "64", "--train.max_steps", str(CPT_STEPS),
+             "--train.progress_bar", "false"]  # fmt: skip
     launch("fsdp", "moca_train.cpt", [*cargs, "--train.output_dir", str(tmp_path / "fsdp")])
     one = [*cargs, "--train.output_dir", str(tmp_path / "cpt-single"), "--train.grad_accum_steps", "2"]
     history, _ = _cpt_as_one_process(parse_config(one, CPTConfig), world_size=2)
