@@ -145,13 +145,6 @@ def random_config(
     from moca_model import backbones
 
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in QWEN_SPECIAL_TOKENS}
-    return backbones.module(backbone).random_config(
-        ids,
-        hidden=hidden,
-        layers=layers,
-        heads=heads,
-        kv_heads=kv_heads,
-        intermediate=intermediate,
-        vision=vision,
-        vocab_size=vocab_size or len(tokenizer),
-    )
+    size = backbones.ModelSize(hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads, intermediate=intermediate,
+                               vision=vision, vocab_size=vocab_size or len(tokenizer))  # fmt: skip
+    return backbones.module(backbone).random_config(ids, size)

@@ -80,6 +80,42 @@ class Backbone:
         return 3 * self.temporal_patch_size * self.patch_size**2
 
 
+@dataclass(frozen=True)
+class ModelSize:
+    """The size of a random model (tests, benchmarks): what each backbone's ``random_config`` builds.
+
+    Attributes:
+        hidden: text hidden size.
+        layers: text decoder layers.
+        heads: attention heads.
+        kv_heads: key/value heads.
+        intermediate: text FFN size.
+        vision: ViT fields ``depth``, ``hidden_size``, ``intermediate_size``, ``num_heads``, plus the
+            backbone's own options (Qwen2.5-VL ``fullatt_block_indexes``; Qwen3-VL
+            ``deepstack_visual_indexes``, ``num_position_embeddings``).
+        vocab_size: embedding rows.
+    """
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    vision: dict
+    vocab_size: int
+
+    @property
+    def head_dim(self) -> int:
+        """Attention head size: ``hidden // heads``."""
+        return self.hidden // self.heads
+
+    def text_fields(self) -> dict:
+        """The text config fields every Qwen-VL config names the same way."""
+        return {"vocab_size": self.vocab_size, "hidden_size": self.hidden, "intermediate_size": self.intermediate,
+                "num_hidden_layers": self.layers, "num_attention_heads": self.heads,
+                "num_key_value_heads": self.kv_heads}  # fmt: skip
+
+
 def check_backbone(value: str) -> str:
     """``value`` if it names a supported backbone.
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from transformers import Qwen3VLConfig, Qwen3VLModel
 
-from moca_model.backbones import Backbone
+from moca_model.backbones import Backbone, ModelSize
 from moca_model.compat import TRANSFORMERS_MAJOR
 from moca_model.modeling_moca import MoCaMixin
 
@@ -49,35 +49,18 @@ class MoCaQwen3VLModel(MoCaMixin, Qwen3VLModel):
 MODEL_CLASS = MoCaQwen3VLModel
 
 
-def random_config(
-    ids: dict[str, int],
-    *,
-    hidden: int,
-    layers: int,
-    heads: int,
-    kv_heads: int,
-    intermediate: int,
-    vision: dict,
-    vocab_size: int,
-) -> Qwen3VLConfig:
-    """A Qwen3-VL config of any size (tests, benchmarks); arguments as :func:`moca_model.testing.random_config`.
+def random_config(ids: dict[str, int], size: ModelSize) -> Qwen3VLConfig:
+    """A Qwen3-VL config of any size (tests, benchmarks); see :func:`moca_model.testing.random_config`.
 
-    ``vision`` holds ``depth``, ``hidden_size``, ``intermediate_size``, ``num_heads`` and optionally
-    ``deepstack_visual_indexes`` (default: the first ``min(3, depth, layers)`` blocks, so DeepStack is
-    exercised) and ``num_position_embeddings`` (default 64, an 8 x 8 grid).
+    ``size.vision`` may set ``deepstack_visual_indexes`` (default: the first ``min(3, depth, layers)``
+    blocks, so DeepStack is exercised) and ``num_position_embeddings`` (default 64, an 8 x 8 grid).
     """
-    head_dim = hidden // heads
-    half = head_dim // 2  # interleaved sections: t takes the rest, h and w 5/16 each (4B/8B: [24, 20, 20])
+    half = size.head_dim // 2  # interleaved sections: t takes the rest, h and w 5/16 each (4B/8B: [24, 20, 20])
     section = [half - 2 * (5 * half // 16), 5 * half // 16, 5 * half // 16]
     rope = {"rope_type": "default", "mrope_section": section, "mrope_interleaved": True}
     text = {
-        "vocab_size": vocab_size,
-        "hidden_size": hidden,
-        "intermediate_size": intermediate,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "head_dim": head_dim,
+        **size.text_fields(),
+        "head_dim": size.head_dim,
         "max_position_embeddings": 32768,
         "tie_word_embeddings": True,
     }
@@ -85,7 +68,7 @@ def random_config(
         text["rope_parameters"] = {**rope, "rope_theta": ROPE_THETA}
     else:
         text.update(rope_scaling=rope, rope_theta=ROPE_THETA)
-    stack = vision.get("deepstack_visual_indexes", list(range(min(3, vision["depth"], layers))))
+    vision = size.vision
     return Qwen3VLConfig(
         text_config=text,
         vision_config={
@@ -93,9 +76,11 @@ def random_config(
             "hidden_size": vision["hidden_size"],
             "intermediate_size": vision["intermediate_size"],
             "num_heads": vision["num_heads"],
-            "out_hidden_size": hidden,
+            "out_hidden_size": size.hidden,
             "num_position_embeddings": vision.get("num_position_embeddings", 64),
-            "deepstack_visual_indexes": stack,
+            "deepstack_visual_indexes": vision.get(
+                "deepstack_visual_indexes", list(range(min(3, vision["depth"], size.layers)))
+            ),
             "patch_size": SPEC.patch_size,
             "spatial_merge_size": SPEC.merge_size,
             "temporal_patch_size": SPEC.temporal_patch_size,

@@ -80,6 +80,7 @@ def test_text_and_images_equal_the_stock_processor(tiny_backbone_dirs, backbone)
     text = "Represent the given image with the following question: what colour is it?\n"
     enc = ours.process(normalize_item(text, 0), 0)
     assert enc.input_ids == stock(text=[text])["input_ids"][0]
+    worst = 0.0
     for name, image, given in odd_images():
         given = given if given is not None else to_rgb(image, 0, min_side=ours.factor)
         enc = ours.process(normalize_item({"text": text, "image": image}, 0), 0)
@@ -87,6 +88,8 @@ def test_text_and_images_equal_the_stock_processor(tiny_backbone_dirs, backbone)
         assert enc.input_ids == ref["input_ids"][0].tolist(), name
         assert torch.equal(enc.image_grid_thw, ref["image_grid_thw"]), name
         torch.testing.assert_close(enc.pixel_values, ref["pixel_values"], rtol=0, atol=1e-6, msg=name)
+        worst = max(worst, (enc.pixel_values - ref["pixel_values"]).abs().max().item())
+    print(f"{backbone}: text + 7 images equal the stock processor's tokens; pixels max |diff| {worst:.1e}")
     assert enc.pixel_values.shape[1] == backbones.get(backbone).row_size  # 1176, or 1536 on Qwen3-VL
 
 
@@ -133,6 +136,8 @@ def test_qwen3_video_timestamps_tokens_and_pixels_equal_the_stock_processor(tiny
     assert enc.input_ids == ref["input_ids"][0].tolist()
     assert torch.equal(enc.video_grid_thw, ref["video_grid_thw"])
     torch.testing.assert_close(enc.pixel_values_videos, ref["pixel_values_videos"], rtol=0, atol=1e-6)
+    diff = (enc.pixel_values_videos - ref["pixel_values_videos"]).abs().max().item()
+    print(f"qwen3_vl video {n_frames} frames: tokens equal, pixels max |diff| {diff:.1e}")
 
 
 class _StubVideoProcessor:
