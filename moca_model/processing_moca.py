@@ -32,6 +32,7 @@ from moca_model.backbones import DEFAULT_BACKBONE
 from moca_model.compat import pil_image_processor_class, split_video_grids
 from moca_model.images import MoCaInputError, fitted_size, image_key, open_image, to_rgb
 from moca_model.patchify import patchify, smart_resize
+from moca_model.truncation import truncate
 from moca_model.video import (
     DEFAULT_NUM_FRAMES,
     Video,
@@ -48,7 +49,6 @@ logger = logging.getLogger(__name__)
 IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 VIDEO_PLACEHOLDER = "<|vision_start|><|video_pad|><|vision_end|>"
 _PHI3_PLACEHOLDER = re.compile(r"<\|image_\d+\|>")
-_TIMESTAMP = re.compile(r"<\d+\.\d seconds>")  # Qwen3-VL's per-temporal-patch video timestamp
 # Pixel bounds are areas in pixels, as in Qwen's processors; their defaults are MoCa's token counts times
 # the backbone's pixels per merged token (28² on Qwen2-VL / Qwen2.5-VL, 32² on Qwen3-VL).
 DEFAULT_MIN_TOKENS = 256  # reference: --min_patch_size 256
@@ -360,50 +360,7 @@ class MoCaProcessor:
 
     def _truncate(self, enc: Encoded, index: int) -> Encoded:
         """Right-truncate to ``max_length``; an image or video whose token runs would be cut is dropped whole."""
-        ids = enc.input_ids
-        if self.max_length is None or len(ids) <= self.max_length:
-            return enc
-        starts = [i for i, t in enumerate(ids) if t == self.vision_start_id]
-        ends = [i for i, t in enumerate(ids) if t == self.vision_end_id]
-        # a video spans one run, or one per temporal patch on Qwen3-VL
-        frames = iter(enc.video_grid_thw[:, 0].tolist() if self.spec.video_timestamps else [])
-        media, run = [], 0  # (kind, first run, last run) of each image / video, in text order
-        while run < len(starts):
-            kind = ids[starts[run] + 1]  # the pad token after each vision_start
-            n = next(frames) if kind == self.video_token_id and self.spec.video_timestamps else 1
-            media.append((kind, run, run + n - 1))
-            run += n
-        runs_kept = sum(1 for end in ends if end < self.max_length)  # visual runs kept, in text order
-        kept = [m for m in media if m[2] < runs_kept]
-        if not kept:
-            raise MoCaInputError(
-                f"item {index}: max_length={self.max_length} is shorter than its first image's (or video's) token "
-                "run; raise max_length or lower max_pixels (video_max_pixels, or use fewer frames)"
-            )
-        cut = self.max_length
-        if len(kept) < len(media):
-            cut = self._cut_before(ids, min(cut, starts[media[len(kept)][1]]))
-            logger.warning("item %d: truncated to %d tokens; dropped %d image(s)/video(s)", index, cut,
-                           len(media) - len(kept))  # fmt: skip
-        kinds = [m[0] for m in kept]
-        out = Encoded(ids[:cut])
-        for kind, rows_key, grid_key in ((self.image_token_id, "pixel_values", "image_grid_thw"),
-                                         (self.video_token_id, "pixel_values_videos", "video_grid_thw")):
-            grid = getattr(enc, grid_key)
-            if grid is not None and kinds.count(kind):
-                grid = grid[: kinds.count(kind)]
-                setattr(out, grid_key, grid)
-                setattr(out, rows_key, getattr(enc, rows_key)[: int(grid.prod(-1).sum())])
-        return out
-
-    def _cut_before(self, ids: list[int], cut: int) -> int:
-        """``cut``, moved before a Qwen3-VL timestamp (``<t seconds>``) that would otherwise dangle at the end."""
-        if not self.spec.video_timestamps:
-            return cut
-        for start in range(cut - 1, max(cut - 16, 0) - 1, -1):
-            if _TIMESTAMP.fullmatch(self.tokenizer.decode(ids[start:cut])):
-                return start
-        return cut
+        return truncate(self, enc, index)
 
     def collate(self, batch: Sequence[Encoded]) -> dict[str, torch.Tensor]:
         """Right-pad a list of :class:`Encoded` into model inputs.

@@ -22,7 +22,9 @@ from moca_model.processing_moca import normalize_item
 from .conftest import draw_image
 
 BACKBONES = backbones.BACKBONES
-COMBOS = [(a, p) for a in ("bidirectional", "causal") for p in ("mean", "last")]
+# MoCa (bidirectional, mean) and the causal last-token baseline by default; the two mixed ones in the slow run
+COMBOS = [("bidirectional", "mean"), ("causal", "last"), pytest.param("bidirectional", "last", marks=pytest.mark.slow),
+          pytest.param("causal", "mean", marks=pytest.mark.slow)]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
