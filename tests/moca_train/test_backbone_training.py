@@ -65,7 +65,10 @@ def _mean(rows, key):
     return float(np.mean([r[key] for r in rows]))
 
 
-@pytest.mark.parametrize("backbone", BACKBONES)
+NEW = ["qwen2_vl", "qwen3_vl"]  # Qwen2.5-VL: test_cpt_run.py / test_cl_run.py (default suite) check the same
+
+
+@pytest.mark.parametrize("backbone", NEW)
 def test_cpt_lowers_both_losses_with_the_backbones_patch_geometry(tiny_backbone_dirs, corpus, tmp_path, backbone):
     spec = backbones.get(backbone)
     cfg = parse_config(cpt_args(tiny_backbone_dirs(backbone), corpus, tmp_path / "run", "--model.backbone", backbone),
@@ -83,7 +86,7 @@ def test_cpt_lowers_both_losses_with_the_backbones_patch_geometry(tiny_backbone_
     assert json.loads((tmp_path / "run" / "checkpoint-50" / "moca_config.json").read_text())["backbone"] == backbone
 
 
-@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("backbone", NEW)
 def test_cl_lifts_heldout_retrieval(tiny_backbone_dirs, world, tmp_path, backbone):
     from .test_cl_run import heldout_i2t_accuracy
 
@@ -137,7 +140,7 @@ def test_sigkill_mid_run_resumes_bit_identically(tiny_backbone_dirs, corpus, wor
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("backbone", ["qwen2_vl", "qwen3_vl"])  # Qwen2.5-VL: test_cl_ddp.py, test_fsdp.py
+@pytest.mark.parametrize("backbone", NEW)  # Qwen2.5-VL: test_cl_ddp.py, test_fsdp.py
 def test_two_gloo_ranks_equal_one_process(tiny_backbone_dirs, tmp_path, backbone):
     """CL under DDP (torchrun) and CPT under FSDP2 (accelerate), 2 CPU ranks, against one process."""
     from moca_train.cl.synthetic import write_world
