@@ -132,3 +132,27 @@ def test_qwen3_has_no_unpadded_fast_path(encoders):
     """Qwen3-VL's text model always builds its mask, so the ``{layer: None}`` fast path is off there."""
     assert encoders["qwen3_vl"].model.unpadded_fast_path is False
     assert encoders["qwen2_vl"].model.unpadded_fast_path is True and encoders["qwen2_5_vl"].model.unpadded_fast_path
+
+
+@pytest.mark.parametrize("attention", ["bidirectional", "causal"])
+@pytest.mark.parametrize("backbone", ["qwen2_vl", "qwen3_vl"])  # Qwen2.5-VL: test_flash_standin.py
+def test_flash_attention_code_path_equals_sdpa(tiny_backbone_dirs, mixed_items, backbone, attention):
+    """transformers' flash-attention-2 path (plain-torch kernel stand-in, moca_model.testing_flash) equals SDPA:
+    the ``is_causal`` flag alone makes flash bidirectional on every backbone and both lines."""
+    from moca_model.testing_flash import flash_attn_standin
+
+    path = tiny_backbone_dirs(backbone)
+    load = {"device": "cpu", "cache_memory_mb": 0, "attention": attention, "pooling": "last"}
+    sdpa = MoCaEncoder.from_pretrained(path, attn_implementation="sdpa", **load)
+    with flash_attn_standin() as calls:
+        flash = MoCaEncoder.from_pretrained(path, attn_implementation="flash_attention_2", **load)
+        assert flash.model.attn_implementation == "flash_attention_2"
+        together = flash.forward_batch(_batch(flash.processor, mixed_items[:10]))  # one padded batch: varlen
+        alone = np.stack([flash.encode([x], show_progress=False)[0] for x in mixed_items[:10]])
+    want = sdpa.encode(mixed_items[:10], show_progress=False)
+    worst = max(np.abs(together - want).max(), np.abs(alone - want).max())
+    print(f"{backbone} {attention}: flash-attention-2 stand-in vs SDPA max |diff| {worst:.1e}")
+    assert worst <= 1e-5
+    layers = flash.model.config.text_config.num_hidden_layers
+    text = [c for c in calls if c["kernel"] == "varlen" and len(c["seqlens"]) == 10]
+    assert len(text) >= layers and all(c["causal"] is (attention == "causal") for c in text)
