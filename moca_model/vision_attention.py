@@ -39,8 +39,9 @@ sets the default, which reaches models built inside harnesses and device-pool wo
 Other towers. :func:`set_batched` swaps the class of every attention module listed in ``UPSTREAM``:
 Qwen2.5-VL (windows + frames), Qwen2-VL and Qwen3-VL (frames: a batch of video frames or same-size images
 becomes one call). Their forwards are line for line the same (qkv -> rotary -> per-chunk loop -> proj) on
-both lines, so a backbone wrapper only calls ``set_batched(model.visual, True)``; adding a tower with the
-same forward is one entry in ``UPSTREAM`` plus an exactness test.
+both lines; ``MoCaMixin`` (every backbone's MoCa model) calls it through ``batched_vision_attention``, and
+any other wrapper only calls ``set_batched(model.visual, True)``. Adding a tower with the same forward is
+one entry in ``UPSTREAM`` plus an exactness test.
 
 Versions. The per-chunk loop exists since transformers 4.54 (4.52 built a block-diagonal mask per backend
 class, 4.53 one 4-D mask in the tower: one call either way), so :func:`set_batched` is a no-op below 4.54

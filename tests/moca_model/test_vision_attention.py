@@ -318,3 +318,17 @@ def test_a_wrapper_subclass_is_never_swapped_away():
     assert set_batched(tower, False) == 0
     assert type(first) is wrapped and type(tower.blocks[1].attn) is Qwen2_5_VLVisionAttention
     assert set_batched(tower, True) == 3 and type(first) is wrapped
+
+
+@pytest.mark.parametrize("backbone", ["qwen2_vl", "qwen3_vl"])
+def test_every_backbone_batches_its_frames_with_the_same_embeddings(tiny_backbone_dirs, mixed_items, backbone):
+    """The MoCa mixin turns it on for Qwen2-VL and Qwen3-VL too (per-frame chunks): same embeddings either way."""
+    from moca_model import MoCaEncoder
+
+    enc = MoCaEncoder.from_pretrained(tiny_backbone_dirs(backbone), device="cpu", cache_memory_mb=0)
+    assert enc.model.batched_vision_attention
+    on = enc.encode(mixed_items, batch_size=8, show_progress=False)
+    enc.model.batched_vision_attention = False
+    assert not vision_attention.is_batched(enc.model.visual)
+    off = enc.encode(mixed_items, batch_size=8, show_progress=False)
+    assert np.abs(on - off).max() <= 1e-6
