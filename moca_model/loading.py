@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 
 from moca_model import moca_config
+from moca_model.console import third_party_as_debug
+from moca_model.errors import MoCaError
 from moca_model.modeling_moca import MoCaModel
 
 logger = logging.getLogger(__name__)
@@ -34,7 +36,7 @@ _HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
 DEFAULT_PROCESSOR = "Qwen/Qwen2.5-VL-3B-Instruct"  # what the reference scripts load the processor from
 
 
-class MoCaLoadError(RuntimeError):
+class MoCaLoadError(MoCaError, RuntimeError):
     """A checkpoint that cannot be found or loaded faithfully."""
 
 
@@ -152,16 +154,17 @@ def load_model(
     keys = checkpoint_keys(path)
     mapping = key_mapping_for(keys)
     try:
-        model, info = MoCaModel.from_pretrained(
-            path,
-            key_mapping=mapping or None,
-            output_loading_info=True,
-            dtype=dtype,
-            attn_implementation=attn_implementation,
-            use_safetensors=True,
-            trust_remote_code=False,
-            device_map=str(device) if device.type == "cuda" else None,
-        )
+        with third_party_as_debug(logger):  # transformers' notes on a released config (rope_scaling) concern no user
+            model, info = MoCaModel.from_pretrained(
+                path,
+                key_mapping=mapping or None,
+                output_loading_info=True,
+                dtype=dtype,
+                attn_implementation=attn_implementation,
+                use_safetensors=True,
+                trust_remote_code=False,
+                device_map=str(device) if device.type == "cuda" else None,
+            )
     except (OSError, ValueError, RuntimeError) as exc:
         raise MoCaLoadError(f"cannot load MoCa weights from {str(path)!r}: {exc}") from exc
     missing = sorted(info.get("missing_keys") or [])
@@ -172,6 +175,9 @@ def load_model(
     params = dict(model.named_parameters())
     unexpected = sorted(k for k in keys if map_key(k, mapping) not in params)
     others = [k for k in unexpected if not k.startswith(_IGNORED_PREFIXES)]
+    if len(others) < len(unexpected):
+        logger.debug("not loaded, by design (MoCa pools hidden states; no LM head or CPT head): %s",
+                     sorted(set(unexpected) - set(others))[:4])  # fmt: skip
     if others:
         logger.warning("ignored %d checkpoint tensors not used by MoCaModel, e.g. %s", len(others), others[:3])
     _verify_against_file(model, keys, mapping)
@@ -218,7 +224,8 @@ def load_processor(path: Path, processor_name_or_path: str | Path | None = None,
     settings = {k: v for k, v in settings.items() if v is not None}
     if proc_dir != path:  # the checkpoint's own moca_config.json still wins (its processing keys)
         settings = {**moca_config.processing_settings(path), **settings}
-    return MoCaProcessor.from_pretrained(proc_dir, **settings), proc_dir
+    with third_party_as_debug(logger):  # AutoTokenizer reads config.json: the same notes as the model load
+        return MoCaProcessor.from_pretrained(proc_dir, **settings), proc_dir
 
 
 def read_config(path: Path) -> dict:

@@ -46,6 +46,9 @@ class MoCaModel(Qwen2_5_VLModel):
     :meth:`save_pretrained` records it there.
     """
 
+    # A released checkpoint's LM head and CPT's heads are deliberately not loaded: no "UNEXPECTED" load report.
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^mae_"]
+
     def __init__(self, config):
         super().__init__(config)
         self.bidirectional = True
