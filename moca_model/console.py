@@ -173,8 +173,10 @@ def run_cli(body: Callable[[], int | None], *, debug: bool = False) -> int:
 
 
 def did_you_mean(name: str, choices: Iterable[str], *, n: int = 1) -> str:
-    """``"did you mean 'OK-VQA'?"`` for a near miss of ``name`` among ``choices`` (case, spaces, ``-``/``_``
-    ignored first, then close spellings), else ``""``."""
+    """``"did you mean 'OK-VQA'?"`` for a near miss of ``name`` among ``choices``, else ``""``.
+
+    Case, spaces and punctuation are ignored first (``OKVQA`` -> ``OK-VQA``), then close spellings count.
+    """
     choices = list(dict.fromkeys(choices))
 
     def norm(s: str) -> str:
@@ -205,8 +207,10 @@ class _Relog(logging.Handler):
 
 @contextlib.contextmanager
 def third_party_as_debug(logger: logging.Logger, name: str = "transformers") -> Iterator[None]:
-    """Inside the block, ``name``'s log records below ERROR and Python warnings raised by ``name``'s modules
-    are re-logged as DEBUG lines of ``logger`` (visible with ``-v``); errors keep their level.
+    """Re-log ``name``'s warnings raised inside the block as DEBUG lines of ``logger`` (shown with ``-v``).
+
+    Log records below ERROR and Python warnings raised by ``name``'s modules are re-logged; errors keep
+    their level.
 
     Meant for calls whose warnings never concern our users, e.g. transformers' notes while loading a
     MoCa checkpoint (``rope_scaling`` renamed in 5.x); not thread-safe (it swaps the library's handlers).

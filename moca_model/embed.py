@@ -50,7 +50,8 @@ class Items:
 
     def where(self, index: int | None) -> str:
         """``items.jsonl:3`` for item ``index`` (0-based), or the file alone."""
-        return f"{self.path}:{self.lines[index]}" if index is not None and 0 <= index < len(self.lines) else str(self.path)
+        known = index is not None and 0 <= index < len(self.lines)
+        return f"{self.path}:{self.lines[index]}" if known else str(self.path)
 
 
 def _resolve(value, base: Path):

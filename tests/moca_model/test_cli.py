@@ -69,7 +69,7 @@ def test_embed_cli_unknown_key_fails_before_loading_the_model(tmp_path, capsys):
     (tmp_path / "items.jsonl").write_text('"a"\n{"imgae": "x.png"}\n')
     rc, err = _run_embed(capsys, "no-such-model", tmp_path / "items.jsonl", tmp_path / "v.npy")
     assert rc == 1 and "Traceback" not in err and "model path not found" not in err
-    assert f"items.jsonl:2: unknown key 'imgae' (did you mean 'image'?); an item's keys are text, image" in err
+    assert "items.jsonl:2: unknown key 'imgae' (did you mean 'image'?); an item's keys are text, image" in err
 
 
 def test_embed_cli_empty_input_is_an_error(tiny_dir, tmp_path, capsys):
