@@ -37,7 +37,7 @@ DEFAULT_FORMAT = "%(levelname)s %(name)s: %(message)s"
 # Loggers (and the modules whose Python warnings) that are quiet at the default verbosity.
 THIRD_PARTY = ("transformers", "accelerate", "datasets", "huggingface_hub", "torch", "peft", "deepspeed",
                "sentence_transformers", "fsspec", "filelock", "urllib3", "PIL", "safetensors")  # fmt: skip
-_USER_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+_USER_OS_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
 _FLAGS = {"-v": 1, "--verbose": 1, "-vv": 2, "-vvv": 3, "-q": -1, "--quiet": -1}
 
 

@@ -133,3 +133,19 @@ def test_embed_cli_cache_dir_from_the_environment(tiny_dir, tmp_path, monkeypatc
         assert embed_main([*args, "--output", str(tmp_path / "2.npy")]) == 0
     assert "2 from cache (0 memory, 2 disk), 0 encoded" in caplog.text
     assert np.array_equal(np.load(tmp_path / "1.npy"), np.load(tmp_path / "2.npy"))
+
+
+def test_tiny_and_export_cli_errors_are_one_line(tmp_path, capsys):
+    from moca_model.export_st import main as export_main
+    from moca_model.tiny import main as tiny_main
+
+    (tmp_path / "file").write_text("x")
+    assert tiny_main([str(tmp_path / "file")]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == f"error: File exists: {str(tmp_path / 'file')!r}"
+    assert export_main([str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [x for x in err.splitlines() if x.startswith("error:")]
+    missing = f"error: model path not found: {str(tmp_path / 'nowhere')!r} is not a directory (nor a hub id 'org/name')"
+    assert len(lines) == 1 and (lines[0] == missing or "transformers>=5.2" in lines[0])  # .venv: the stack check
