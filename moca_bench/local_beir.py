@@ -19,7 +19,8 @@ whose ``configs:`` block names them (without it, ``datasets`` fails with "Config
 
 Every problem (a page a query names that is not in PAGES_DIR, an unreadable image, a bad line) is one
 ``error:`` line naming the file and line. OUT is written to a temporary folder and renamed, so a failed run
-leaves nothing half-written; an existing OUT is replaced only with ``--overwrite``.
+leaves nothing half-written. An existing OUT is replaced when this command wrote it (a rebuild), otherwise
+only with ``--overwrite``.
 
 The same folder becomes an mteb retrieval task with :func:`mteb_task` (``.venv-mteb``), read as a ViDoRe
 page task (raw queries; pages get MoCa's document prompt)::
@@ -152,8 +153,8 @@ def build(pages_dir: str | Path, queries_file: str | Path, out: str | Path, *, o
     pages_dir, out = Path(pages_dir), Path(out)
     names = list_pages(pages_dir)
     queries = read_queries(Path(queries_file), names)
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise MoCaError(f"{str(out)!r} exists; pass --overwrite to replace it")
+    if out.exists() and not (overwrite or _written_here(out)) and (not out.is_dir() or any(out.iterdir())):
+        raise MoCaError(f"{str(out)!r} exists and was not written by this command; pass --overwrite to replace it")
     corpus_id = {name: i for i, name in enumerate(names)}
     image = datasets.Features({"corpus-id": datasets.Value("int64"), "image": datasets.Image(),
                                "image_filename": datasets.Value("string")})  # fmt: skip
@@ -194,6 +195,15 @@ def build(pages_dir: str | Path, queries_file: str | Path, out: str | Path, *, o
     return out
 
 
+def _written_here(out: Path) -> bool:
+    """Whether ``out`` is a folder this command wrote (its README says so): rebuilding it needs no flag."""
+    card = out / "README.md"
+    return card.is_file() and _SIGNATURE in card.read_text(encoding="utf-8", errors="replace")
+
+
+_SIGNATURE = "A local BEIR dataset written by `python -m moca_bench.local_beir`"
+
+
 def readme(files: dict[str, str], n_pages: int, n_queries: int, n_qrels: int) -> str:
     """The dataset card: the ``configs:`` block ``datasets.load_dataset(OUT, name=...)`` reads, then a note.
 
@@ -203,7 +213,7 @@ def readme(files: dict[str, str], n_pages: int, n_queries: int, n_qrels: int) ->
     """
     configs = "".join(f"- config_name: {p}\n  data_files:\n  - split: {SPLIT}\n    path: {files[p]}\n"
                       for p in PARTS)  # fmt: skip
-    return (f"---\nconfigs:\n{configs}---\n\nA local BEIR dataset written by `python -m moca_bench.local_beir`: "
+    return (f"---\nconfigs:\n{configs}---\n\n{_SIGNATURE}: "
             f"{n_pages} pages, {n_queries} queries, {n_qrels} relevance judgements (split `{SPLIT}`).\n")  # fmt: skip
 
 
@@ -262,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("pages_dir", type=Path, help="folder of page images (png, jpg, webp, tif, bmp, gif)")
     parser.add_argument("queries", type=Path, help='JSONL: {"query": "...", "pages": ["p1.png", ...]} per line')
     parser.add_argument("out", type=Path, help="the dataset folder to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace OUT even if this command did not write it (a folder it wrote is always rebuilt)")
     add_common_flags(parser)
     args = parser.parse_args(argv)
     setup_logging(verbosity_of(args))

@@ -48,7 +48,7 @@ def test_a_rebuilt_folder_is_never_read_from_a_stale_cache(pages, tmp_path):
     build(pages, _queries(tmp_path, [{"query": "one", "pages": ["b.png"]}]), tmp_path / "out")
     assert len(datasets.load_dataset(str(tmp_path / "out"), name="queries", split="test", cache_dir=cache)) == 1
     two = _queries(tmp_path, [{"query": "one", "pages": ["b.png"]}, {"query": "two", "pages": ["a.jpg"]}], "q2.jsonl")
-    build(pages, two, tmp_path / "out", overwrite=True)
+    build(pages, two, tmp_path / "out")  # a folder this command wrote is rebuilt without --overwrite
     assert len(datasets.load_dataset(str(tmp_path / "out"), name="queries", split="test", cache_dir=cache)) == 2
 
 
@@ -80,7 +80,7 @@ def test_bad_pages_and_existing_output(pages, tmp_path, capsys):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "x").write_text("keep me")
     assert main([str(pages), str(q), str(tmp_path / "out")]) == 1
-    assert "exists; pass --overwrite to replace it" in capsys.readouterr().err
+    assert "exists and was not written by this command; pass --overwrite" in capsys.readouterr().err
     assert main([str(tmp_path / "nope"), str(q), str(tmp_path / "o2")]) == 1
     assert "is not a folder" in capsys.readouterr().err
     empty = _queries(tmp_path, ["", " "], "empty.jsonl")
