@@ -156,3 +156,19 @@ def test_ctrl_c_on_the_cl_cli_says_how_to_resume_and_rerunning_resumes(tiny_dir,
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resumed from {last} at step {step}" in again.stderr
     assert list_checkpoints(out)[-1].name == "checkpoint-12"
+
+
+def test_the_bar_shows_every_steps_loss(tmp_path, monkeypatch):
+    import tqdm.auto
+
+    postfixes = []
+
+    class Recorder(tqdm.auto.tqdm):
+        def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+            postfixes.append(kwargs)
+            super().set_postfix(ordered_dict, refresh=refresh, **kwargs)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recorder)
+    cfg = _cfg(tmp_path, progress_bar=True, log_every=3, save_every=0)  # a log line every 3 steps only
+    history = train(model=Toy(), batches=Source(), cfg=cfg, loss_fn=_loss_fn(), save_model_fn=_save)
+    assert [p["loss"] for p in postfixes] == [f"{r['loss']:.4f}" for r in history]  # one per step, never stale
