@@ -258,8 +258,9 @@ def _loop(
             bar.close()
             _stop(accelerator, cfg, signal.SIGINT, f"interrupted (SIGINT) during step {step + 1} of {cfg.max_steps}")
     bar.close()
-    if saved_at < 0:
-        logger.info("nothing to do: already at step %d of %d", start, cfg.max_steps)
+    if start >= cfg.max_steps and accelerator.is_main_process:
+        logger.info("nothing to do: already at step %d of %d (raise --train.max_steps to train on)", start,
+                    cfg.max_steps)  # fmt: skip
     # Trackers finish and the process group is destroyed before the interpreter exits: a gloo group left to
     # the interpreter's teardown can abort a rank ("terminate called without an active exception") after
     # the last checkpoint was written, and the launcher then reports the whole run as failed.

@@ -172,3 +172,11 @@ def test_the_bar_shows_every_steps_loss(tmp_path, monkeypatch):
     cfg = _cfg(tmp_path, progress_bar=True, log_every=3, save_every=0)  # a log line every 3 steps only
     history = train(model=Toy(), batches=Source(), cfg=cfg, loss_fn=_loss_fn(), save_model_fn=_save)
     assert [p["loss"] for p in postfixes] == [f"{r['loss']:.4f}" for r in history]  # one per step, never stale
+
+
+def test_rerunning_a_finished_run_says_there_is_nothing_to_do(tmp_path, caplog):
+    cfg = _cfg(tmp_path, max_steps=2)
+    train(model=Toy(), batches=Source(), cfg=cfg, loss_fn=_loss_fn(), save_model_fn=_save)
+    with caplog.at_level(logging.INFO, logger="moca_train.engine"):
+        train(model=Toy(), batches=Source(), cfg=cfg, loss_fn=_loss_fn(), save_model_fn=_save)
+    assert "nothing to do: already at step 2 of 2 (raise --train.max_steps to train on)" in caplog.text
