@@ -233,7 +233,7 @@ def _loop(
     save = functools.partial(_save, accelerator, model, batches=batches, history=history, cfg=cfg,
                              save_model_fn=save_model_fn, run_config=run_config, times=save_times)  # fmt: skip
     tic = time.perf_counter()
-    step = start
+    step = done = start
     with StopSignals() as signals:
         try:
             for step in range(start, cfg.max_steps):
@@ -244,6 +244,7 @@ def _loop(
                 optimizer.zero_grad(set_to_none=True)
                 record = {"step": step + 1, "lr": lr, "grad_norm": grad_norm, **_mean_logs(accelerator, logs)}
                 history.append(record)
+                done = step + 1
                 bar.set_postfix(loss=f"{record.get('loss', math.nan):.4f}", lr=f"{lr:.2e}", refresh=False)
                 bar.update(1)  # the bar shows this step's loss; the log line the mean of the last log_every steps
                 if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
@@ -256,7 +257,8 @@ def _loop(
                     _stop_after_step(accelerator, model, cfg, signals, step + 1, saved_at, save, save_times, bar)
         except KeyboardInterrupt:
             bar.close()
-            _stop(accelerator, cfg, signal.SIGINT, f"interrupted (SIGINT) during step {step + 1} of {cfg.max_steps}")
+            where = f"after step {done}" if done == step + 1 else f"during step {step + 1}"
+            _stop(accelerator, cfg, signal.SIGINT, f"interrupted (SIGINT) {where} of {cfg.max_steps}")
     bar.close()
     if start >= cfg.max_steps and accelerator.is_main_process:
         logger.info("nothing to do: already at step %d of %d (raise --train.max_steps to train on)", start,
