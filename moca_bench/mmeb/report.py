@@ -126,10 +126,9 @@ def agg_cell(agg: Mapping, names=(), short: Mapping[str, int] | None = None) -> 
     cell = _fmt(agg["score"])
     if agg["score"] is None:
         return cell
-    notes = [] if agg["complete"] else [f"{agg['n_datasets']}/{agg['n_expected']}"]
-    if short and any(n in short for n in names):
-        notes.append(NOT_COMPARABLE)
-    return f"{cell} ({', '.join(notes)})" if notes else cell
+    if not agg["complete"]:
+        cell += f" ({agg['n_datasets']}/{agg['n_expected']})"
+    return f"{cell} ({NOT_COMPARABLE})" if short and any(n in short for n in names) else cell
 
 
 def _row(cells: list[str]) -> str:

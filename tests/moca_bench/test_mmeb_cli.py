@@ -75,7 +75,7 @@ def test_main_prints_the_table_rounded_and_marks_a_short_run_not_comparable(tiny
     assert f"| OK-VQA | VQA | IND | {score:.1f} (not comparable: 3 of 1000 rows) | 40.0 | 36.9 |" in captured.out
     assert "**Not comparable with the published numbers**: 1 dataset(s) ran on fewer query rows" in captured.out
     assert "`--max-rows 3`" in captured.out
-    assert f"| **overall** |  |  | **{score:.1f} (1/36, not comparable)** |" in captured.out
+    assert f"| **overall** |  |  | **{score:.1f} (1/36) (not comparable)** |" in captured.out
     assert f"overall {score:.1f}; wrote" in captured.err and str(score) not in captured.err.replace(f"{score:.1f}", "")
 
 
