@@ -255,6 +255,8 @@ def _loop(
                     saved_at = step + 1
                 if step + 1 < cfg.max_steps and _any_rank(accelerator, signals.signum is not None):
                     _stop_after_step(accelerator, model, cfg, signals, step + 1, saved_at, save, save_times, bar)
+        except StopRequested:  # SIGTERM's stop (a KeyboardInterrupt itself)
+            raise
         except KeyboardInterrupt:
             bar.close()
             where = f"after step {done}" if done == step + 1 else f"during step {step + 1}"

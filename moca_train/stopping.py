@@ -12,7 +12,8 @@
   ``--signal``/``KillWait``; 0 never saves on SIGTERM). A second signal while stopping stops at once.
 - Either way the main process logs one line, e.g. ``stopped by SIGTERM after step 23 of 60: saved
   runs/cl-tiny/checkpoint-23 in 0.4 s; rerun the same command to resume from step 23``, and the entry
-  point exits with 128 + the signal number (130, 143): the run did not finish.
+  point exits with 128 + the signal number (130, 143): the run did not finish. In Python, ``run()`` raises
+  :class:`StopRequested`, a ``KeyboardInterrupt``.
 
 Under several ranks every rank receives the signal (the terminal's process group, or the launcher
 forwarding it); the ranks agree on stopping after the same step (one max-reduction of a flag per step).
@@ -29,8 +30,12 @@ ASSUMED_WRITE_BYTES_PER_S = 200e6  # a conservative disk / network-filesystem wr
 STATE_COPIES = 4  # weights in the train state + 2 AdamW moments + the loadable model copy
 
 
-class StopRequested(Exception):  # noqa: N818 - a stop, not an error
-    """The run stopped on a signal; ``exit_code`` is 128 + the signal number, ``message`` says how to resume."""
+class StopRequested(KeyboardInterrupt):  # noqa: N818 - a stop, not an error
+    """The run stopped on a signal; ``exit_code`` is 128 + the signal number, ``message`` says how to resume.
+
+    A ``KeyboardInterrupt``: code that handles Ctrl-C (``except KeyboardInterrupt``) sees a stop on SIGTERM
+    the same way, and no ``except Exception`` swallows it.
+    """
 
     def __init__(self, signum: int, message: str):
         super().__init__(message)

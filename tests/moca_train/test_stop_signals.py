@@ -73,7 +73,7 @@ def test_sigint_stops_at_once_and_names_the_last_checkpoint(tmp_path):
     cfg = _cfg(tmp_path)
     with pytest.raises(StopRequested) as stop:  # Ctrl-C inside step 5 (its 9th micro-batch)
         train(model=Toy(), batches=Source(), cfg=cfg, loss_fn=_signal_at(9, interrupt=True), save_model_fn=_save)
-    assert stop.value.exit_code == 130
+    assert stop.value.exit_code == 130 and isinstance(stop.value, KeyboardInterrupt)  # callers catching Ctrl-C
     last = tmp_path / "checkpoint-4"
     assert stop.value.message == (f"interrupted (SIGINT) during step 5 of 6; last checkpoint: {last}; "
                                   "rerun the same command to resume from step 4")  # fmt: skip
