@@ -122,7 +122,7 @@ class MoCaEncoder:
         path = resolve_checkpoint(name_or_path, revision=revision)
         pixels = {"min_pixels": min_pixels, "max_pixels": max_pixels, "max_length": max_length,
                   "video_min_pixels": video_min_pixels, "video_max_pixels": video_max_pixels}  # fmt: skip
-        processor, proc_dir = load_processor(path, processor_name_or_path, **pixels)
+        processor, proc_dir = load_processor(path, processor_name_or_path, attention=attention, **pixels)
         memory_only = cache_dir is None
         cache = EmbeddingCache(
             memory_mb=cache_memory_mb,
@@ -158,7 +158,7 @@ class MoCaEncoder:
             return dict(self.pool.info["settings"])
         ip, proc = self.processor.image_processor, self.processor
         return {
-            "dtype": str(next(self.model.parameters()).dtype),
+            "backbone": self.model.backbone, "dtype": str(next(self.model.parameters()).dtype),
             "attn_implementation": self.model.attn_implementation,
             "bidirectional": bool(self.model.bidirectional), "pooling": self.model.pooling,
             "min_pixels": proc.min_pixels, "max_pixels": proc.max_pixels, "max_length": proc.max_length,

@@ -66,7 +66,7 @@ from moca_train.launcher import build_accelerator
 from moca_train.optim import (
     build_optimizer,
     build_scheduler,
-    configure_deepspeed_clipping,
+    configure_deepspeed,
     finish_gradients,
     is_deepspeed,
 )
@@ -193,7 +193,7 @@ def train(
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
     if is_deepspeed(accelerator):
-        configure_deepspeed_clipping(accelerator, cfg.max_grad_norm, grad_norm_divisor)
+        configure_deepspeed(accelerator, cfg.max_grad_norm, grad_norm_divisor)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     accelerator.register_save_state_pre_hook(_store_tied_once)
     history: list[dict[str, float]] = []
@@ -237,7 +237,7 @@ def _loop(
     with StopSignals() as signals:
         try:
             for step in range(start, cfg.max_steps):
-                lr = scheduler.get_last_lr()[0]
+                lr = optimizer.param_groups[0]["lr"]  # what this step's update uses (DeepSpeed: its optimizer's groups)
                 logs, grad_norm = run_step(model, batch_iter, accelerator)
                 optimizer.step()  # DeepSpeed: a no-op, its engine stepped inside accelerator.backward
                 scheduler.step()

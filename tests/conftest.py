@@ -79,3 +79,19 @@ def tiny_encoder(tiny_dir):
     from moca_model import MoCaEncoder
 
     return MoCaEncoder.from_pretrained(tiny_dir, device="cpu", cache_memory_mb=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_dirs(tmp_path_factory, tiny_dir):
+    """``dirs(backbone)``: a tiny random checkpoint of that backbone (written once per session; Qwen2.5-VL's is
+    ``tiny_dir``)."""
+    from moca_model.tiny import write_tiny_checkpoint
+
+    written = {"qwen2_5_vl": tiny_dir}
+
+    def dirs(backbone: str):
+        if backbone not in written:
+            written[backbone] = write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / backbone, backbone=backbone)
+        return written[backbone]
+
+    return dirs
