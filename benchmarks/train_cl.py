@@ -116,6 +116,7 @@ def recipe_rate(work: Path, steps: int, gradcache: bool) -> dict:
             "--data.datasets.1.path", str(work / "world/shapes_t2i.jsonl"),
             "--train.output_dir", str(out), "--train.max_steps", str(steps), "--train.log_every", str(steps),
             "--train.progress_bar", "false", "--loss.gradcache", str(gradcache).lower(), "--loss.chunk_size", "8",
+            "--train.save_every", "0",  # the loop only: no periodic checkpoints (the recipe saves every 10 steps)
         ],
         CLConfig,
     )  # fmt: skip

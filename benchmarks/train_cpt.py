@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--train.max_steps", str(args.steps),
                 "--train.log_every", str(args.steps),
                 "--train.progress_bar", "false",
+                "--train.save_every", "0",  # the loop only (the recipe saves every 10 steps)
             ],
             CPTConfig,
         )  # fmt: skip

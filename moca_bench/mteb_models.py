@@ -8,7 +8,9 @@ flash-attn) and fails on transformers 5.
 
 Local checkpoints: :func:`moca_model_meta` builds a ModelMeta for a directory (pass it to
 ``mteb.evaluate``), and every entry of ``$MOCA_MTEB_CHECKPOINTS`` (``os.pathsep``-separated; ``DIR`` or
-``org/name=DIR``) is registered at start-up, so ``mteb run -m DIR`` works too.
+``org/name=DIR``) is registered at start-up, so ``mteb run -m DIR`` works too. ``mteb run -m DIR`` /
+``mteb mock-run -m DIR`` on a MoCa folder (one with ``moca_config.json``) that is not registered logs what
+to set, and loading it fails with that message instead of mteb's "No model implementation is available".
 
 Inputs are formatted as in the table in ``moca_bench/prompts.py`` (docs/mteb.md).
 """
@@ -301,10 +303,62 @@ def model_metas(environ: Mapping[str, str] | None = None) -> list[ModelMeta]:
                 metas.append(moca_model_meta(n, checkpoint=str(Path(path).expanduser().resolve())))
             except ValueError as exc:
                 logger.warning("%s entry %r skipped: %s", CHECKPOINTS_ENV, entry, exc)
+    metas += unregistered_folders(sys.argv, metas)
     builtin = getattr(sys.modules.get("mteb.models.model_implementations"), "MODEL_REGISTRY", {}).get(MODEL_3B)
     if builtin is not None and builtin.loader is not MoCaMTEBEncoder:
         logger.info("moca-toolkit's %s entry replaces mteb's built-in one (%s)", MODEL_3B, builtin.loader)
     return metas
+
+
+def _argv_models(argv: list[str]) -> list[str]:
+    """The values of ``-m`` / ``--model`` / ``--models`` in an ``mteb`` command line."""
+    found, take = [], False
+    for arg in argv[1:]:
+        if take and not arg.startswith("-"):
+            found.append(arg)
+            continue
+        take = arg in ("-m", "--model", "--models")
+        name, eq, value = arg.partition("=")
+        if eq and name in ("--model", "--models"):
+            found.append(value)
+    return found
+
+
+def _unregistered_loader(model_name: str, revision: str | None = None, *, hint: str, **kwargs: Any):
+    """Loader of a MoCa folder mteb was asked for but that is not registered: fails with what to set."""
+    from moca_model.loading import MoCaLoadError
+
+    raise MoCaLoadError(hint)
+
+
+def unregistered_folders(argv: list[str], metas: list[ModelMeta]) -> list[ModelMeta]:
+    """For ``mteb run/mock-run -m DIR`` on a MoCa folder not in ``$MOCA_MTEB_CHECKPOINTS``: say what to set.
+
+    mteb would report only "No model implementation is available for this model". Each such folder gets a
+    warning now and a ModelMeta whose loader raises the same hint, so it is also mteb's last line.
+    """
+    prog = Path(argv[0]) if argv else Path()
+    if "mteb" not in (prog.name, prog.parent.name):  # the mteb script, or python -m mteb
+        return []
+    names = {m.name for m in metas}
+    registered = {str(Path(m.loader_kwargs["checkpoint"])) for m in metas if m.loader_kwargs.get("checkpoint")}
+    out = []
+    for value in _argv_models(argv):
+        folder = Path(value).expanduser()
+        if value in names or not (folder / "moca_config.json").is_file():
+            continue
+        if str(folder.resolve()) in registered and "/" in value:
+            continue
+        hint = (f"{value!r} is a MoCa checkpoint, but mteb finds local MoCa checkpoints only through "
+                f"${CHECKPOINTS_ENV}: export {CHECKPOINTS_ENV}={folder.resolve()} (several: separated by "
+                f"{os.pathsep!r}; or NAME=DIR), then rerun")  # fmt: skip
+        if "/" not in value:
+            hint += f" with -m ./{value} (mteb needs a '/' in a model name)"
+        logger.warning("%s", hint)
+        if "/" in value:
+            meta = moca_model_meta(value)
+            out.append(meta.model_copy(update={"loader": _unregistered_loader, "loader_kwargs": {"hint": hint}}))
+    return out
 
 
 __all__ = [

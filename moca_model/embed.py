@@ -1,9 +1,10 @@
 """``python -m moca_model.embed``: embed your own texts and images (successor of the reference ``demo.py``).
 
-Input is JSONL, one item per line: a JSON string (text), or an object ``{"text": ..., "image": path}``,
-or ``{"text": "... <|vision_start|><|image_pad|><|vision_end|> ...", "images": [path, ...]}``.
-Relative image paths are resolved against the JSONL file's folder. Output is a float32 ``.npy`` of
-shape (N, D), written atomically.
+Input is JSONL, one item per line (README "Input items"): a JSON string (a text), or an object with the
+keys ``text``, ``image`` (one image or a list), ``images`` (a list: interleaved input, placed in the text
+with ``<|vision_start|><|image_pad|><|vision_end|>``), ``video`` (a folder of frames) and ``num_frames``.
+Any other key is an error. Relative image and video paths are resolved against the JSONL file's folder.
+Output is a float32 ``.npy`` of shape (N, D), one row per line, written atomically.
 
 Examples:
     python -m moca_model.embed --model moca-embed/MoCa-Qwen25VL-3B --input items.jsonl --output vecs.npy
@@ -18,39 +19,89 @@ import json
 import logging
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from moca_model.console import add_common_flags, run_cli, setup_logging, verbosity_of
+from moca_model.errors import MoCaError
 from moca_model.moca_config import ATTENTION_MODES, POOLING_MODES
 
 logger = logging.getLogger(__name__)
 
+_EPILOG = """\
+items.jsonl, one item per line:
+  "What is the revenue in 2021?"
+  {"image": "pages/p1.png", "text": "\\nRepresent the given document image."}
+  {"text": "Compare <|vision_start|><|image_pad|><|vision_end|> and <|vision_start|><|image_pad|><|vision_end|>",
+   "images": ["a.png", "b.png"]}
+  {"video": "frames/clip_0042/", "text": " Understand the content of the provided video."}
+Errors name the file's line (1-based); --debug shows the traceback."""
 
-def read_items(path: Path) -> list:
-    """Parse a JSONL file of items, resolving relative image paths against its folder.
+
+@dataclass
+class Items:
+    """The items of a JSONL file and the (1-based) line each came from."""
+
+    path: Path
+    items: list = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
+
+    def where(self, index: int | None) -> str:
+        """``items.jsonl:3`` for item ``index`` (0-based), or the file alone."""
+        known = index is not None and 0 <= index < len(self.lines)
+        return f"{self.path}:{self.lines[index]}" if known else str(self.path)
+
+
+def _resolve(value, base: Path):
+    """A relative path string (or a list of them) resolved against ``base``; other values unchanged."""
+    if isinstance(value, str):
+        path = Path(value).expanduser()
+        return str(path if path.is_absolute() else base / path)
+    if isinstance(value, list):
+        return [_resolve(v, base) for v in value]
+    return value
+
+
+def read_items(path: Path) -> Items:
+    """Parse a JSONL file of items, resolving relative image and video paths against its folder.
+
+    Every item is checked against the input contract (:func:`moca_model.processing_moca.normalize_item`)
+    before any model is loaded.
 
     Raises:
-        ValueError: a line that is not valid JSON or not a string/object (names the line).
+        MoCaError: a missing file, no items, a line that is not valid JSON or not a string/object, or an
+            item that breaks the contract (an unknown key, ...); the message names the line.
     """
-    items = []
+    from moca_model.images import MoCaInputError
+    from moca_model.processing_moca import normalize_item
+
+    if not path.is_file():
+        raise MoCaError(f"input file not found: {str(path)!r}" + (" (a folder)" if path.is_dir() else ""))
+    out = Items(path)
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         try:
             item = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{lineno}: invalid JSON ({exc})") from exc
+            raise MoCaError(f"{path}:{lineno}: invalid JSON ({exc.msg}, column {exc.colno})") from exc
         if isinstance(item, dict):
-            for key in ("image", "images"):
-                if isinstance(item.get(key), str):
-                    item[key] = str(path.parent / item[key])
-                elif isinstance(item.get(key), list):
-                    item[key] = [str(path.parent / p) for p in item[key]]
+            for key in ("image", "images", "video"):
+                if key in item:
+                    item[key] = _resolve(item[key], path.parent)
         elif not isinstance(item, str):
-            raise ValueError(f"{path}:{lineno}: expected a string or an object, got {type(item).__name__}")
-        items.append(item)
-    return items
+            raise MoCaError(f"{path}:{lineno}: expected a string or an object, got {type(item).__name__}")
+        try:
+            normalize_item(item, len(out.items))
+        except MoCaInputError as exc:
+            raise MoCaError(f"{path}:{lineno}: {exc.detail}") from exc
+        out.items.append(item)
+        out.lines.append(lineno)
+    if not out.items:
+        raise MoCaError(f"{path}: no items (the file is empty or has only blank lines); nothing written")
+    return out
 
 
 def format_similarity(vectors: np.ndarray, limit: int = 12) -> str:
@@ -72,10 +123,11 @@ def save_npy_atomic(path: Path, array: np.ndarray) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point."""
-    parser = argparse.ArgumentParser(prog="python -m moca_model.embed", description=__doc__.split("\n\n")[0])
+    """CLI entry point: 0 on success; 1 (one ``error:`` line naming the file's line) on bad input."""
+    parser = argparse.ArgumentParser(prog="python -m moca_model.embed", description=__doc__.split("\n\n")[0],
+                                     epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="checkpoint directory or hub id")
-    parser.add_argument("--input", required=True, type=Path, help="JSONL file of items")
+    parser.add_argument("--input", required=True, type=Path, help="JSONL file of items (see below)")
     parser.add_argument("--output", required=True, type=Path, help="where to write the (N, D) float32 .npy")
     parser.add_argument("--batch-size", type=int, default=16, help="items per forward pass (default 16)")
     parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
@@ -100,10 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--similarity", action="store_true", help="print the cosine-similarity matrix")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_common_flags(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(verbosity_of(args))
+    return run_cli(lambda: _embed(args), debug=args.debug)
 
+
+def _embed(args: argparse.Namespace) -> int:
     from moca_model import MoCaEncoder
+    from moca_model.images import MoCaInputError
 
     items = read_items(args.input)
     encoder = MoCaEncoder.from_pretrained(
@@ -120,7 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         pooling=args.pooling,
     )
     with encoder:
-        vectors = encoder.encode(items, batch_size=args.batch_size, show_progress=not args.no_progress)
+        try:
+            vectors = encoder.encode(items.items, batch_size=args.batch_size, show_progress_bar=not args.no_progress)
+        except MoCaInputError as exc:  # name the file's line, not the 0-based position
+            raise MoCaError(f"{items.where(exc.index)}: {exc.detail}") from exc
     logger.info("%s", encoder.last_stats.summary())
     save_npy_atomic(args.output, vectors)
     logger.info("wrote %s with shape %s", args.output, vectors.shape)

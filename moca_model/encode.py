@@ -171,24 +171,27 @@ class MoCaEncoder:
         items: Sequence,
         *,
         batch_size: int = 16,
-        show_progress: bool = True,
+        show_progress_bar: bool | None = None,
         desc: str = "encoding",
         num_workers: int | None = None,
+        show_progress: bool | None = None,
     ) -> np.ndarray:
         """Encode items into unit-norm float32 vectors.
 
         Args:
             items: each a ``str``, a ``PIL.Image.Image``, or a mapping ``{"text": str | None,
                 "image": PIL | path | bytes | None}``; interleaved input is ``{"text": "... <|vision_start|>
-                <|image_pad|><|vision_end|> ...", "images": [...]}``; a video is ``{"text": ..., "video":
-                frame folder | [frames] | Video}`` (a folder is sampled to ``num_frames``, default 8, as
-                the MMEB-V2 reference does; see :mod:`moca_model.video`).
+                <|image_pad|><|vision_end|> ...", "images": [...]}`` (``"image": [...]`` is the same); a video
+                is ``{"text": ..., "video": frame folder | [frames] | Video}`` (a folder is sampled to
+                ``num_frames``, default 8, as the MMEB-V2 reference does; see :mod:`moca_model.video`). Any
+                other key is an error (:func:`moca_model.processing_moca.normalize_item`, README "Input items").
             batch_size: items per forward pass.
-            show_progress: tqdm progress bar.
+            show_progress_bar: tqdm progress bar (default True; sentence-transformers' name).
             desc: progress-bar label.
             num_workers: threads that decode and patchify the next batches while the model runs
                 (default 2 on CUDA, 1 on CPU; 0 prepares batches inline). With ``devices``, each worker
                 prepares its next batch in one thread, or inline when this is 0.
+            show_progress: the earlier name of ``show_progress_bar`` (kept as an alias).
 
         Returns:
             (N, D) float32 array in the caller's order.
@@ -199,6 +202,9 @@ class MoCaEncoder:
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if None not in (show_progress, show_progress_bar) and show_progress != show_progress_bar:
+            raise ValueError("show_progress is an alias of show_progress_bar: give one of them")
+        show_progress = next((v for v in (show_progress_bar, show_progress) if v is not None), True)
         start = time.perf_counter()
         stats = EncodeStats(inputs=len(items))
         if len(items) == 0:

@@ -31,6 +31,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from moca_model.console import add_common_flags, run_cli, setup_logging, verbosity_of
 from moca_model.st import verify as st_verify
 from moca_model.st.card import CardFacts, license_from_readme, model_card
 from moca_model.st.layout import DEFAULT_PROMPTS
@@ -206,22 +207,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--processor", help="tokenizer source when the checkpoint has none")
     p.add_argument("--no-verify", action="store_true", help="skip the reload-and-compare check")
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    add_common_flags(p)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(verbosity_of(args))
     prompts = {}
     for spec in args.prompt:
         name, sep, text = spec.partition("=")
         if not sep or not name:
             p.error(f"--prompt expects NAME=TEXT, got {spec!r}")
         prompts[name] = text.replace("\\n", "\n").replace("\\t", "\t")
-    try:
-        export_checkpoint(args.checkpoint, args.out_dir, prompts=prompts, license=args.license,
-                          processor_name_or_path=args.processor, verify=not args.no_verify,
-                          overwrite=args.overwrite)  # fmt: skip
-    except ExportError as exc:
-        logger.error("%s", exc)
-        return 1
-    return 0
+    return run_cli(lambda: export_checkpoint(args.checkpoint, args.out_dir, prompts=prompts, license=args.license,
+                                             processor_name_or_path=args.processor, verify=not args.no_verify,
+                                             overwrite=args.overwrite) and 0, debug=args.debug)  # fmt: skip
 
 
 if __name__ == "__main__":

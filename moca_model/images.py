@@ -28,11 +28,14 @@ import hashlib
 import io
 import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from moca_model.errors import MoCaError
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +46,18 @@ _KEY_BYTES = 16  # blake2b digest size of a content key (128 bits)
 _READ_CHUNK = 1 << 20
 
 
-class MoCaInputError(ValueError):
-    """An input item that cannot be encoded; the message names the item's index."""
+class MoCaInputError(MoCaError, ValueError):
+    """An input item that cannot be encoded; the message starts with ``item <index>: `` (0-based).
+
+    ``index`` and ``detail`` split that message, so a command that reads items from a file can name the
+    file's line instead (``items.jsonl:3: ...``).
+    """
+
+    def __init__(self, message: str, *args):
+        super().__init__(message, *args)
+        match = re.match(r"item (\d+): (.*)", message, re.S)
+        self.index: int | None = int(match[1]) if match else None
+        self.detail: str = match[2] if match else message
 
 
 def open_image(source, index: int) -> Image.Image:
@@ -67,14 +80,24 @@ def open_image(source, index: int) -> Image.Image:
             return Image.open(io.BytesIO(bytes(source)))
         if isinstance(source, (str, os.PathLike)):
             path = Path(source)
-            if not path.is_file():
-                raise MoCaInputError(f"item {index}: image file not found: {str(path)!r}")
+            _check_image_path(path, index)
             return Image.open(path)
     except MoCaInputError:
         raise
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise MoCaInputError(f"item {index}: cannot read image ({type(exc).__name__}: {exc})") from exc
     raise MoCaInputError(f"item {index}: unsupported image type {type(source).__name__}; use PIL, path or bytes")
+
+
+def _check_image_path(path: Path, index: int) -> None:
+    """Raise :class:`MoCaInputError` unless ``path`` is a file; a folder gets a pointer to ``video``."""
+    if path.is_dir():
+        raise MoCaInputError(
+            f"item {index}: image path is a folder, not an image file: {str(path)!r} "
+            '(a folder of video frames goes under "video")'
+        )
+    if not path.is_file():
+        raise MoCaInputError(f"item {index}: image file not found: {str(path)!r}")
 
 
 def to_rgb(image: Image.Image, index: int, *, min_side: int = MIN_SIDE) -> Image.Image:
@@ -133,8 +156,7 @@ def image_key(source, index: int = 0) -> str:
         digest.update(source)
         return "f:" + digest.hexdigest()
     if isinstance(source, (str, os.PathLike)):
-        if not Path(source).is_file():
-            raise MoCaInputError(f"item {index}: image file not found: {str(source)!r}")
+        _check_image_path(Path(source), index)
         try:
             with open(source, "rb") as f:
                 while chunk := f.read(_READ_CHUNK):

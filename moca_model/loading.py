@@ -27,6 +27,8 @@ import torch
 
 from moca_model import backbones, moca_config
 from moca_model.compat import config_dict_for_this_line
+from moca_model.console import third_party_as_debug
+from moca_model.errors import MoCaError
 from moca_model.modeling_moca import MoCaMixin
 
 logger = logging.getLogger(__name__)
@@ -36,7 +38,7 @@ _IGNORED_PREFIXES = ("lm_head.", "mae_")
 _HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
 
 
-class MoCaLoadError(RuntimeError):
+class MoCaLoadError(MoCaError, RuntimeError):
     """A checkpoint that cannot be found or loaded faithfully."""
 
 
@@ -170,17 +172,18 @@ def load_model(
     keys = checkpoint_keys(path)
     mapping = key_mapping_for(keys)
     try:
-        model, info = model_class.from_pretrained(
-            path,
-            config=portable_config(path, found),
-            key_mapping=mapping or None,
-            output_loading_info=True,
-            dtype=dtype,
-            attn_implementation=attn_implementation,
-            use_safetensors=True,
-            trust_remote_code=False,
-            device_map=str(device) if device.type == "cuda" else None,
-        )
+        with third_party_as_debug(logger):  # transformers' notes on a released config (rope_scaling) concern no user
+            model, info = model_class.from_pretrained(
+                path,
+                config=portable_config(path, found),
+                key_mapping=mapping or None,
+                output_loading_info=True,
+                dtype=dtype,
+                attn_implementation=attn_implementation,
+                use_safetensors=True,
+                trust_remote_code=False,
+                device_map=str(device) if device.type == "cuda" else None,
+            )
     except (OSError, ValueError, RuntimeError) as exc:
         raise MoCaLoadError(f"cannot load MoCa weights from {str(path)!r}: {exc}") from exc
     missing = sorted(info.get("missing_keys") or [])
@@ -191,6 +194,9 @@ def load_model(
     params = dict(model.named_parameters())
     unexpected = sorted(k for k in keys if map_key(k, mapping) not in params)
     others = [k for k in unexpected if not k.startswith(_IGNORED_PREFIXES)]
+    if len(others) < len(unexpected):
+        logger.debug("not loaded, by design (MoCa pools hidden states; no LM head or CPT head): %s",
+                     sorted(set(unexpected) - set(others))[:4])  # fmt: skip
     if others:
         logger.warning("ignored %d checkpoint tensors not used by %s, e.g. %s", len(others), model_class.__name__,
                        others[:3])  # fmt: skip
@@ -251,7 +257,8 @@ def load_processor(
     settings = {k: v for k, v in settings.items() if v is not None}
     if proc_dir != path:  # the checkpoint's own moca_config.json still wins (its processing keys)
         settings = {**moca_config.processing_settings(path), **settings}
-    processor = MoCaProcessor.from_pretrained(proc_dir, backbone=backbone, **settings)
+    with third_party_as_debug(logger):  # AutoTokenizer reads config.json: the same notes as the model load
+        processor = MoCaProcessor.from_pretrained(proc_dir, backbone=backbone, **settings)
     if processor.image_processor.patch_size != spec.patch_size:
         raise MoCaLoadError(
             f"the processor from {str(proc_dir)!r} cuts {processor.image_processor.patch_size}-px patches but the "

@@ -56,6 +56,9 @@ class MoCaMixin:
     supports_unpadded_fast_path: bool = True
     """The text decoder accepts a ``{layer type: None}`` mask (False for Qwen3-VL, which always builds one)."""
 
+    # A released checkpoint's LM head and CPT's heads are deliberately not loaded: no "UNEXPECTED" load report.
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^mae_"]
+
     def __init__(self, config):
         super().__init__(config)
         self.bidirectional = True

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from PIL import Image
 from moca_model import backbones, moca_config
 from moca_model.backbones import DEFAULT_BACKBONE
 from moca_model.compat import pil_image_processor_class, split_video_grids
+from moca_model.console import did_you_mean
 from moca_model.images import MoCaInputError, fitted_size, image_key, open_image, to_rgb
 from moca_model.patchify import patchify, smart_resize
 from moca_model.truncation import truncate
@@ -88,22 +90,33 @@ class Encoded:
     video_grid_thw: torch.Tensor | None = None
 
 
+ITEM_KEYS = ("text", "image", "images", "video", "num_frames")
+"""The keys an item mapping may have (README "Input items"); any other key is an error, never ignored."""
+_SOURCE_TYPES = (str, bytes, bytearray, memoryview, os.PathLike, Image.Image)
+
+
 def normalize_item(item, index: int) -> Item:
-    """Turn a user item into an :class:`Item`.
+    """Turn a user item into an :class:`Item` (the one input contract: README "Input items").
 
     Args:
-        item: ``str``; a PIL image; or a mapping with ``text`` and ``image`` (one source) or
-            ``images`` (a list, for interleaved input; the text then places them with placeholders),
-            and/or ``video``: a frame folder (sampled as :meth:`moca_model.video.Video.from_folder` does,
-            ``num_frames`` from the mapping, default 8), a list of frames (used as given) or a
-            :class:`~moca_model.video.Video`.
+        item: ``str`` (text); a PIL image; or a mapping with the keys of :data:`ITEM_KEYS`:
+
+            - ``text``: a string (may place the images with ``<|vision_start|><|image_pad|><|vision_end|>``;
+              without placeholders the images come first, then the text);
+            - ``image``: one image (path, encoded bytes or PIL image) or a list of them;
+            - ``images``: a list of images (or one), for interleaved input; ``"image": [a, b]`` and
+              ``"images": [a, b]`` mean the same; with both, ``image`` comes first;
+            - ``video``: a frame folder (sampled as :meth:`moca_model.video.Video.from_folder` does,
+              ``num_frames`` from the mapping, default 8), a list of frames (used as given) or a
+              :class:`~moca_model.video.Video`.
         index: position in the caller's list, for error messages.
 
     Returns:
         The normalised item.
 
     Raises:
-        MoCaInputError: unsupported type, or placeholder count != image (video) count.
+        MoCaInputError: unsupported type, an unknown key (named, with the allowed ones), or placeholder
+            count != image (video) count.
     """
     videos: list[Video] = []
     if isinstance(item, str):
@@ -111,12 +124,17 @@ def normalize_item(item, index: int) -> Item:
     elif isinstance(item, Image.Image):
         text, images = "", [item]
     elif isinstance(item, Mapping):
+        unknown = [k for k in item if k not in ITEM_KEYS]
+        if unknown:
+            hint = did_you_mean(str(unknown[0]), ITEM_KEYS)
+            raise MoCaInputError(
+                f"item {index}: unknown key {unknown[0]!r}{f' ({hint})' if hint else ''}; "
+                f"an item's keys are {', '.join(ITEM_KEYS)}"
+            )
         text = item.get("text") or ""
         if not isinstance(text, str):
             raise MoCaInputError(f"item {index}: 'text' must be a string, got {type(text).__name__}")
-        images = list(item.get("images") or [])
-        if item.get("image") is not None:
-            images.insert(0, item["image"])
+        images = _sources(item.get("image"), "image", index) + _sources(item.get("images"), "images", index)
         if item.get("video") is not None:
             try:
                 videos.append(Video.coerce(item["video"], num_frames=item.get("num_frames", DEFAULT_NUM_FRAMES)))
@@ -128,6 +146,20 @@ def normalize_item(item, index: int) -> Item:
     text = _place(text, IMAGE_PLACEHOLDER, len(images), "image", index)
     text = _place(text, VIDEO_PLACEHOLDER, len(videos), "video", index)
     return Item(text=text, images=tuple(images), videos=tuple(videos))
+
+
+def _sources(value, key: str, index: int) -> list:
+    """``image`` / ``images`` as a list of sources: None -> [], one source -> [it], a list -> itself."""
+    if value is None:
+        return []
+    if isinstance(value, _SOURCE_TYPES):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise MoCaInputError(
+        f"item {index}: {key!r} must be an image (path, bytes or PIL image) or a list of them, "
+        f"got {type(value).__name__}"
+    )
 
 
 def _place(text: str, placeholder: str, n: int, kind: str, index: int) -> str:

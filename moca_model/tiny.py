@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from moca_model.backbones import BACKBONES
+from moca_model.console import add_common_flags, run_cli, setup_logging, verbosity_of
 
 logger = logging.getLogger(__name__)
 
@@ -113,11 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="weights are a function of the seed")
     parser.add_argument("--hidden", type=int, default=64, help="text hidden size")
     parser.add_argument("--layers", type=int, default=2, help="text decoder layers")
+    add_common_flags(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    write_tiny_checkpoint(args.out_dir, layout=args.layout, seed=args.seed, hidden=args.hidden, layers=args.layers,
-                          backbone=args.backbone)  # fmt: skip
-    return 0
+    setup_logging(verbosity_of(args))
+    return run_cli(lambda: write_tiny_checkpoint(args.out_dir, layout=args.layout, seed=args.seed, hidden=args.hidden,
+                                                 layers=args.layers, backbone=args.backbone) and 0,
+                   debug=args.debug)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -2,17 +2,21 @@
 
 ``parse_config(argv, CLConfig)`` accepts::
 
-    --config configs/cl/tiny.yaml [--config more.yaml]   # YAML files, merged in order
+    --config configs/cl/tiny.yaml more.yaml              # YAML files, merged in order (or --config twice)
     --train.learning_rate 1e-4 --train.max_steps=20      # dotted overrides (values parsed as YAML)
     --data.datasets.0.max_rows 100                        # list items by index
-    --model.lora.target_modules '[q_proj, v_proj]'        # lists/dicts in YAML flow syntax
+    --model.lora.target_modules '[q_proj, v_proj]'        # lists/dicts in YAML flow syntax ('{path: /x}':
+                                                          #   a space after each colon, or YAML reads one key)
+    -v / -vv / -q, --debug                                # verbosity; a traceback instead of one error line
     --help                                                # every field with type, default and docstring
 
 A small parser over the dataclasses instead of jsonargparse (not a dependency) or HfArgumentParser
 (which flattens nested sections): the dataclass field docstrings are the help text (read from the
 source with ``ast``, as jsonargparse does), values are coerced to the annotated types, and an unknown
-option fails with the nearest valid names. The resolved config is written next to each checkpoint by
-:func:`moca_train.checkpoint.save_resolved_config` (re-loadable with ``--config``).
+option fails with the nearest valid names. Every error is a :class:`~moca_model.errors.MoCaConfigError`
+(a ``ValueError``) naming the option; :func:`stage_main` prints it as one line. The resolved config is
+written next to each checkpoint by :func:`moca_train.checkpoint.save_resolved_config` (re-loadable with
+``--config``).
 """
 
 from __future__ import annotations
@@ -22,15 +26,20 @@ import dataclasses
 import difflib
 import inspect
 import logging
+import os
+import re
 import sys
 import textwrap
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
 import yaml
+
+from moca_model.console import pop_common_flags, run_cli, setup_logging
+from moca_model.errors import MoCaConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +153,7 @@ def build_config(cls: type[T], data: Mapping[str, Any], *, prefix: str = "") -> 
         The instance (its ``__post_init__`` validation has run).
 
     Raises:
-        ValueError: unknown option, wrong type, missing required field or failed validation.
+        MoCaConfigError: unknown option, wrong type, missing required field or failed validation.
     """
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -152,14 +161,14 @@ def build_config(cls: type[T], data: Mapping[str, Any], *, prefix: str = "") -> 
     if unknown:
         close = difflib.get_close_matches(unknown[0], list(fields), n=3)
         hint = f"; did you mean {', '.join('--' + prefix + c for c in close)}?" if close else ""
-        raise ValueError(f"--{prefix}{unknown[0]}: unknown option{hint}")
+        raise MoCaConfigError(f"--{prefix}{unknown[0]}: unknown option{hint}")
     kwargs = {}
     for name, f in fields.items():
         if name in data:
             kwargs[name] = _coerce(data[name], hints[name], prefix + name)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             if not dataclasses.is_dataclass(hints[name]):
-                raise ValueError(f"--{prefix}{name}: required")
+                raise MoCaConfigError(f"--{prefix}{name}: required")
             kwargs[name] = build_config(hints[name], {}, prefix=f"{prefix}{name}.")
     return cls(**kwargs)
 
@@ -172,7 +181,7 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
         last = i == len(keys) - 1
         if isinstance(node, list):
             if not key.isdigit() or int(key) >= len(node):
-                raise ValueError(f"--{dotted}: {key!r} is not an index of a {len(node)}-item list")
+                raise MoCaConfigError(f"--{dotted}: {key!r} is not an index of a {len(node)}-item list")
             if last:
                 node[int(key)] = value
             else:
@@ -182,7 +191,7 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
         else:
             node = node.setdefault(key, {})
             if not isinstance(node, (dict, list)):
-                raise ValueError(f"--{dotted}: {'.'.join(keys[: i + 1])} is not a section")
+                raise MoCaConfigError(f"--{dotted}: {'.'.join(keys[: i + 1])} is not a section")
 
 
 def _deep_merge(base: dict, update: Mapping) -> dict:
@@ -196,7 +205,9 @@ def _deep_merge(base: dict, update: Mapping) -> dict:
 
 def help_text(cls: type, *, prog: str = "") -> str:
     """``--help`` text: usage line, then every (nested) field with type, default and docstring."""
-    lines = [f"usage: {prog} [--config FILE.yaml ...] [--section.field VALUE ...]", ""]
+    lines = [f"usage: {prog} [--config FILE.yaml ...] [--section.field VALUE ...] [-v | -q] [--debug]", "",
+             "Several --config files merge in order; overrides apply after all files. -v shows third-party warnings",
+             "and our debug lines, -q warnings only; --debug shows an error's traceback instead of one line.", ""]
     if cls.__doc__:
         lines += [inspect.cleandoc(cls.__doc__), ""]
 
@@ -227,6 +238,50 @@ def help_text(cls: type, *, prog: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def _parse_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` with errors that name ``where`` and flow mappings checked for ``key:value``.
+
+    Raises:
+        MoCaConfigError: invalid YAML, or a flow mapping key that swallowed its value (``{path:/x}``).
+    """
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise MoCaConfigError(f"{where}: not valid YAML{at}: {problem}; quote the value for the shell, "
+                              "e.g. '[{path: /x}]'") from None  # fmt: skip
+    _check_flow_keys(value, where)
+    return value
+
+
+def _check_flow_keys(value: Any, where: str) -> None:
+    """Reject ``{path:/x}``: YAML needs a space after a colon, else it reads one key ``path:/x`` without a value."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if isinstance(key, str) and item is None and re.match(r"^[\w.-]+:\S", key):
+                name, _, rest = key.partition(":")
+                raise MoCaConfigError(
+                    f"{where}: YAML read {key!r} as one key without a value: in {{...}} flow syntax a colon needs "
+                    f"a space after it; write '{{{name}: {rest}}}'"
+                )
+            _check_flow_keys(item, where)
+    elif isinstance(value, list):
+        for item in value:
+            _check_flow_keys(item, where)
+
+
+def _load_config_file(value: str) -> dict:
+    path = Path(value)
+    if not path.is_file():
+        raise MoCaConfigError(f"--config: no such file {value!r}")
+    loaded = _parse_yaml(path.read_text(), value) or {}
+    if not isinstance(loaded, dict):
+        raise MoCaConfigError(f"--config: {value!r} must hold a mapping at the top level")
+    return loaded
+
+
 def parse_config(argv: Sequence[str] | None, cls: type[T], *, prog: str | None = None) -> T:
     """Parse ``--config`` files and dotted overrides into ``cls``.
 
@@ -240,8 +295,8 @@ def parse_config(argv: Sequence[str] | None, cls: type[T], *, prog: str | None =
 
     Raises:
         SystemExit: ``--help`` (after writing the help text to stdout, code 0).
-        ValueError: unreadable file, unknown option, bad value or failed validation; the message names
-            the option.
+        MoCaConfigError: unreadable file, unknown option, bad value or failed validation; the message
+            names the option (a ``ValueError``).
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if "-h" in args or "--help" in args:
@@ -253,23 +308,51 @@ def parse_config(argv: Sequence[str] | None, cls: type[T], *, prog: str | None =
     while i < len(args):
         arg = args[i]
         if not arg.startswith("--") or len(arg) == 2:
-            raise ValueError(f"unexpected argument {arg!r}; options look like --section.field VALUE")
+            raise MoCaConfigError(f"unexpected argument {arg!r}; options look like --section.field VALUE")
         key, eq, value = arg[2:].partition("=")
+        values = [value]
         if not eq:
-            if i + 1 >= len(args):
-                raise ValueError(f"--{key}: missing value")
-            value, i = args[i + 1], i + 1
+            if i + 1 >= len(args) or (args[i + 1].startswith("--") and len(args[i + 1]) > 2):
+                raise MoCaConfigError(f"--{key}: missing value")
+            values, i = [args[i + 1]], i + 1
+            while key == "config" and i + 1 < len(args) and not args[i + 1].startswith("--"):
+                values.append(args[i + 1])  # --config a.yaml b.yaml
+                i += 1
         i += 1
         if key == "config":
-            path = Path(value)
-            if not path.is_file():
-                raise ValueError(f"--config: no such file {value!r}")
-            loaded = yaml.safe_load(path.read_text()) or {}
-            if not isinstance(loaded, dict):
-                raise ValueError(f"--config: {value!r} must hold a mapping at the top level")
-            _deep_merge(tree, loaded)
+            for file in values:
+                _deep_merge(tree, _load_config_file(file))
         else:
-            overrides.append((key, yaml.safe_load(value) if value != "" else ""))
+            overrides.append((key, _parse_yaml(value, f"--{key} {value}") if (value := values[0]) != "" else ""))
     for key, value in overrides:  # after all files, whatever the order on the command line
         _set_dotted(tree, key, value)
-    return build_config(cls, tree)
+    try:
+        return build_config(cls, tree)
+    except MoCaConfigError:
+        raise
+    except ValueError as exc:  # type coercion and __post_init__ validation name the option themselves
+        raise MoCaConfigError(str(exc)) from exc
+
+
+def stage_main(argv: Sequence[str] | None, cls: type[T], run: Callable[[T], Any], *, prog: str) -> int:
+    """The main of a training entry point: flags, logging, config, run; errors as one line (see module docs).
+
+    Returns:
+        0 when the run finished; 2 for a config error; 1 for a data or load error; 130 / 143 when
+        SIGINT / SIGTERM stopped it (:mod:`moca_train.stopping` says which checkpoint to resume from).
+    """
+    args, verbosity, debug = pop_common_flags(sys.argv[1:] if argv is None else argv)
+    setup_logging(verbosity, fmt="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                  rank=int(os.environ.get("RANK", "0")))  # fmt: skip
+
+    def body() -> int:
+        from moca_train.stopping import StopRequested
+
+        cfg = parse_config(args, cls, prog=prog)
+        try:
+            run(cfg)
+        except StopRequested as stop:
+            return stop.exit_code
+        return 0
+
+    return run_cli(body, debug=debug)

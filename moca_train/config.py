@@ -14,15 +14,16 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from moca_model.backbones import BACKBONES
+from moca_model.errors import MoCaConfigError
 from moca_model.moca_config import ATTENTION_MODES, POOLING_MODES
 
 DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _check(ok: bool, name: str, message: str) -> None:
-    """Raise ``ValueError`` naming the offending option (``--section.field``)."""
+    """Raise :class:`~moca_model.errors.MoCaConfigError` (a ``ValueError``) naming the option (``--section.field``)."""
     if not ok:
-        raise ValueError(f"--{name}: {message}")
+        raise MoCaConfigError(f"--{name}: {message}")
 
 
 @dataclass
@@ -156,6 +157,11 @@ class TrainConfig:
     resume: str | None = "auto"
     """``auto``: continue from the newest checkpoint in ``output_dir`` if any; a path: from that
     checkpoint; None: start fresh."""
+    stop_grace_s: float = 30.0
+    """Seconds between SIGTERM and the scheduler's SIGKILL (Slurm's default KillWait and Kubernetes' default
+    grace period are 30). On SIGTERM the step in flight finishes, and a checkpoint is saved if the expected
+    save time (the longest save so far; before any, 4 x the parameter bytes at 200 MB/s) fits in what is left
+    of it; then the run stops. 0: never save on SIGTERM. SIGINT (Ctrl-C) stops at once, without saving."""
     report_to: Literal["none", "tensorboard", "wandb"] = "none"
     """Extra experiment tracker (needs the ``tensorboard`` or ``wandb`` package)."""
     run_name: str | None = None
@@ -176,6 +182,7 @@ class TrainConfig:
         _check(self.log_every >= 1, "train.log_every", f"must be >= 1, got {self.log_every}")
         _check(self.save_every >= 0, "train.save_every", f"must be >= 0, got {self.save_every}")
         _check(self.keep_last is None or self.keep_last >= 1, "train.keep_last", "must be >= 1 or null")
+        _check(self.stop_grace_s >= 0, "train.stop_grace_s", f"must be >= 0, got {self.stop_grace_s}")
         _check(self.report_to in ("none", "tensorboard", "wandb"), "train.report_to", "must be none|tensorboard|wandb")
 
     def warmup_steps(self) -> int:

@@ -25,8 +25,13 @@ Per step: forward/backward under ``accelerator.accumulate`` (bf16 autocast when
 ``mixed_precision: bf16``), zero gradients for parameters the step did not use (so one process moves
 them exactly as DDP and the reference's DeepSpeed do), gradient clipping in the reference's units, AdamW,
 DeepSpeed's log (or linear) warmup then linear decay (:mod:`moca_train.optim`), metrics averaged over
-micro-batches and ranks. Logs go to stdout (``logging``) with a tqdm bar, to
-``output_dir/log.jsonl``, and to TensorBoard/W&B via ``report_to``.
+micro-batches and ranks. Logs go to stderr (``logging``, through tqdm's writer, so a line never lands on
+the bar, whose loss is the last step's), to ``output_dir/log.jsonl``, and to TensorBoard/W&B via
+``report_to``.
+
+Signals (:mod:`moca_train.stopping`): SIGINT stops at once, SIGTERM finishes the step and saves a checkpoint
+when that fits in ``train.stop_grace_s``; both log the newest checkpoint and how to resume (rerun the same
+command), then raise :class:`~moca_train.stopping.StopRequested` (exit status 130 / 143).
 
 Checkpoints: ``output_dir/checkpoint-<step>/`` holds the model as written by ``save_model_fn``
 (``save_pretrained`` safetensors + processor, so ``MoCaEncoder.from_pretrained`` loads the folder
@@ -48,6 +53,7 @@ import functools
 import json
 import logging
 import math
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -55,7 +61,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from moca_train.checkpoint import ACCEL_DIR, STATE_FILE, resolve_resume, save_checkpoint
+from moca_train.checkpoint import ACCEL_DIR, STATE_FILE, list_checkpoints, resolve_resume, save_checkpoint
 from moca_train.launcher import build_accelerator
 from moca_train.optim import (
     build_optimizer,
@@ -64,6 +70,7 @@ from moca_train.optim import (
     finish_gradients,
     is_deepspeed,
 )
+from moca_train.stopping import StopRequested, StopSignals, expected_save_seconds, resume_hint
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -102,6 +109,25 @@ def _mean_logs(accelerator: Accelerator, logs: dict[str, float]) -> dict[str, fl
     values = torch.tensor([float(logs[k]) for k in keys], dtype=torch.float64, device=accelerator.device)
     values = accelerator.reduce(values, reduction="mean")
     return dict(zip(keys, values.tolist()))
+
+
+def _store_tied_once(models: list, weights: list, output_dir: str) -> None:
+    """Pre-hook of accelerate's ``save_state``: a parameter reachable under two names is stored under the first only.
+
+    CPT's tied MLM head is the input embedding's Parameter under a second name (``lm_head.weight``).
+    accelerate would drop that alias itself, with a warning on every save ("Removed shared tensor ... check by
+    verifying that you don't receive any warning while reloading"); dropping it here is the same file, and
+    ``load_state`` fills both names from the one tensor (they are one Parameter).
+    """
+    for model, state in zip(models, weights):
+        if not isinstance(state, dict):
+            continue
+        first: dict[int, str] = {}
+        for name, param in model.named_parameters(remove_duplicate=False):
+            kept = first.setdefault(id(param), name)
+            if kept != name and name in state and kept in state:
+                del state[name]
+                logger.debug("train state: %s is %s (tied), stored once", name, kept)
 
 
 def _run_step(model, batch_iter, accelerator, *, cfg, loss_fn, step_fn, divisor) -> tuple[dict[str, float], float]:
@@ -169,6 +195,7 @@ def train(
     if is_deepspeed(accelerator):
         configure_deepspeed(accelerator, cfg.max_grad_norm, grad_norm_divisor)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    accelerator.register_save_state_pre_hook(_store_tied_once)
     history: list[dict[str, float]] = []
     start = 0
     ckpt = resolve_resume(cfg)
@@ -202,35 +229,42 @@ def _loop(
     )
     batch_iter = iter(batches)
     saved_at = start if start > 0 else -1
+    save_times: list[float] = []
+    save = functools.partial(_save, accelerator, model, batches=batches, history=history, cfg=cfg,
+                             save_model_fn=save_model_fn, run_config=run_config, times=save_times)  # fmt: skip
     tic = time.perf_counter()
-    for step in range(start, cfg.max_steps):
-        lr = optimizer.param_groups[0]["lr"]  # what this step's update uses (DeepSpeed: its optimizer's groups)
-        logs, grad_norm = run_step(model, batch_iter, accelerator)
-        optimizer.step()  # DeepSpeed: a no-op, its engine stepped inside accelerator.backward
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        record = {"step": step + 1, "lr": lr, "grad_norm": grad_norm, **_mean_logs(accelerator, logs)}
-        history.append(record)
-        bar.update(1)
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
-            rate = (step + 1 - start) / max(time.perf_counter() - tic, 1e-9)
-            _log(accelerator, bar, root, history[-cfg.log_every :], rate)
-        last = step + 1 == cfg.max_steps
-        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or last:
-            save_checkpoint(
-                accelerator,
-                model,
-                step=step + 1,
-                batches=batches,
-                history=history,
-                cfg=cfg,
-                save_model_fn=save_model_fn,
-                run_config=run_config,
-            )
-            saved_at = step + 1
+    step = done = start
+    with StopSignals() as signals:
+        try:
+            for step in range(start, cfg.max_steps):
+                lr = optimizer.param_groups[0]["lr"]  # what this step's update uses (DeepSpeed: its optimizer's groups)
+                logs, grad_norm = run_step(model, batch_iter, accelerator)
+                optimizer.step()  # DeepSpeed: a no-op, its engine stepped inside accelerator.backward
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                record = {"step": step + 1, "lr": lr, "grad_norm": grad_norm, **_mean_logs(accelerator, logs)}
+                history.append(record)
+                done = step + 1
+                bar.set_postfix(loss=f"{record.get('loss', math.nan):.4f}", lr=f"{lr:.2e}", refresh=False)
+                bar.update(1)  # the bar shows this step's loss; the log line the mean of the last log_every steps
+                if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
+                    rate = (step + 1 - start) / max(time.perf_counter() - tic, 1e-9)
+                    _log(accelerator, root, history[-cfg.log_every :], rate)
+                if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.max_steps:
+                    save(step + 1)
+                    saved_at = step + 1
+                if step + 1 < cfg.max_steps and _any_rank(accelerator, signals.signum is not None):
+                    _stop_after_step(accelerator, model, cfg, signals, step + 1, saved_at, save, save_times, bar)
+        except StopRequested:  # SIGTERM's stop (a KeyboardInterrupt itself)
+            raise
+        except KeyboardInterrupt:
+            bar.close()
+            where = f"after step {done}" if done == step + 1 else f"during step {step + 1}"
+            _stop(accelerator, cfg, signal.SIGINT, f"interrupted (SIGINT) {where} of {cfg.max_steps}")
     bar.close()
-    if saved_at < 0:
-        logger.info("nothing to do: already at step %d of %d", start, cfg.max_steps)
+    if start >= cfg.max_steps and accelerator.is_main_process:
+        logger.info("nothing to do: already at step %d of %d (raise --train.max_steps to train on)", start,
+                    cfg.max_steps)  # fmt: skip
     # Trackers finish and the process group is destroyed before the interpreter exits: a gloo group left to
     # the interpreter's teardown can abort a rank ("terminate called without an active exception") after
     # the last checkpoint was written, and the launcher then reports the whole run as failed.
@@ -239,7 +273,52 @@ def _loop(
     return history
 
 
-def _log(accelerator, bar, root: Path, window: list[dict[str, float]], steps_per_s: float) -> None:
+def _save(accelerator, model, step: int, *, batches, history, cfg, save_model_fn, run_config, times) -> Path:
+    """Write ``checkpoint-<step>`` and record how long it took (the SIGTERM budget, :mod:`moca_train.stopping`)."""
+    tic = time.perf_counter()
+    path = save_checkpoint(accelerator, model, step=step, batches=batches, history=history, cfg=cfg,
+                           save_model_fn=save_model_fn, run_config=run_config)  # fmt: skip
+    times.append(time.perf_counter() - tic)
+    return path
+
+
+def _any_rank(accelerator, flag: bool, *, every: bool = False) -> bool:
+    """``flag`` on any rank (``every``: on every rank); one reduction when there are several ranks."""
+    if accelerator.num_processes == 1:
+        return flag
+    total = accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), reduction="sum").item()
+    return total >= accelerator.num_processes if every else total > 0
+
+
+def _stop_after_step(accelerator, model, cfg, signals, done: int, saved_at: int, save, save_times, bar) -> None:
+    """SIGTERM: save ``checkpoint-<done>`` if quick enough (module docs of :mod:`moca_train.stopping`), then stop."""
+    if saved_at == done:
+        note = f"checkpoint-{done} is saved"
+    else:
+        expected, left = expected_save_seconds(model, save_times), signals.seconds_left(cfg.stop_grace_s)
+        if _any_rank(accelerator, expected <= left, every=True):
+            path = save(done)
+            note = f"saved {path} in {save_times[-1]:.1f} s"
+        else:
+            note = (f"not saved: a save is expected to take {expected:.0f} s, more than the {max(left, 0):.0f} s left "
+                    f"of train.stop_grace_s={cfg.stop_grace_s:g}")  # fmt: skip
+    bar.close()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    _stop(accelerator, cfg, signal.SIGTERM, f"stopped by SIGTERM after step {done} of {cfg.max_steps}: {note}")
+
+
+def _stop(accelerator, cfg, signum: int, what: str) -> None:
+    """Log which checkpoint is the newest and how to resume (main process), then raise :class:`StopRequested`."""
+    found = list_checkpoints(cfg.output_dir)
+    last = found[-1] if found else None
+    message = f"{what}; last checkpoint: {last if last else 'none'}; {resume_hint(cfg.resume, last)}"
+    if accelerator.is_main_process:
+        logger.warning("%s", message)
+    raise StopRequested(signum, message) from None
+
+
+def _log(accelerator, root: Path, window: list[dict[str, float]], steps_per_s: float) -> None:
     """Average the last ``log_every`` records and report them (main process)."""
     if not accelerator.is_main_process:
         return
@@ -248,7 +327,6 @@ def _log(accelerator, bar, root: Path, window: list[dict[str, float]], steps_per
     mean["lr"] = window[-1]["lr"]
     mean["steps_per_s"] = steps_per_s
     step = int(window[-1]["step"])
-    bar.set_postfix(loss=f"{mean.get('loss', math.nan):.4f}", lr=f"{mean['lr']:.2e}")
     logger.info("step %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in mean.items()))
     with (root / LOG_FILE).open("a") as f:
         f.write(json.dumps({"step": step, **mean}) + "\n")

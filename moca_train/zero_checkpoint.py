@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from moca_model.console import add_common_flags, run_cli, setup_logging, verbosity_of
 from moca_train.checkpoint import ACCEL_DIR
 
 logger = logging.getLogger(__name__)
@@ -86,10 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m moca_train.zero_checkpoint", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a checkpoint-<step> folder written under DeepSpeed")
     parser.add_argument("out", help="output folder (MoCaEncoder.from_pretrained loads it)")
+    add_common_flags(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    convert(args.checkpoint, args.out)
-    return 0
+    setup_logging(verbosity_of(args), fmt="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_cli(lambda: convert(args.checkpoint, args.out) and 0, debug=args.debug)
 
 
 if __name__ == "__main__":

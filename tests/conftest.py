@@ -33,6 +33,29 @@ def _seed_global_rngs():
     torch.manual_seed(SEED)
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """A command's ``main()`` called in-process configures logging (``moca_model.console.setup_logging``: root
+    handler and level, quiet third-party loggers, Python warnings as log lines); undo it after each test."""  # noqa: D205, D209
+    import logging
+
+    from moca_model.console import THIRD_PARTY
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, {n: logging.getLogger(n).level for n in THIRD_PARTY}
+    env = os.environ.get("TRANSFORMERS_VERBOSITY")
+    yield
+    root.handlers[:], _, levels = saved[0], None, saved[2]
+    root.setLevel(saved[1])
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    logging.captureWarnings(False)
+    if env is None:
+        os.environ.pop("TRANSFORMERS_VERBOSITY", None)
+    else:
+        os.environ["TRANSFORMERS_VERBOSITY"] = env
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     """A tiny random checkpoint in the current layout (see moca_model.tiny)."""

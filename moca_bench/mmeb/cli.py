@@ -13,12 +13,18 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
+from pathlib import Path
 
 from moca_bench.metrics import TIE_RULES
 from moca_bench.mmeb.config import BENCHMARKS, GRADE_ORDERS, SHORT_CLIPS, MMEBConfig
+from moca_model.console import add_common_flags, run_cli, setup_logging, verbosity_of
+from moca_model.errors import MoCaConfigError
 from moca_model.moca_config import ATTENTION_MODES, POOLING_MODES
 
 _EPILOG = """\
+The results table is printed at the end (scores rounded to one decimal); a run on fewer rows than the benchmark
+(--max-rows, a sample) is marked "not comparable" there.
 Results: <output-dir>/<model-name>/mmeb.json (per dataset, meta-task, IND/OOD, overall, counts, ties, bad rows,
 timings, versions) and mmeb.md (table next to the published MoCa-3B/7B numbers); with --benchmark v2,
 mmeb_v2.json / mmeb_v2.md (per task, meta-task, modality and overall plain means, next to published
@@ -93,25 +99,46 @@ def build_parser() -> argparse.ArgumentParser:
     a("--published", help="published numbers JSON for the table (default <output-dir>/published/mmeb.json; "
                           "v2: mmeb_v2.json)")
     a("--no-progress", action="store_true", help="hide progress bars")
-    a("--log-level", default="INFO", help="logging level (default %(default)s; non-zero ranks log warnings only)")
+    a("--log-level", help="logging level of our lines (default INFO; -v / -q below; non-zero ranks: warnings)")
+    add_common_flags(p)
     return p
 
 
-def parse_config(argv: list[str] | None = None) -> tuple[MMEBConfig, str]:
-    """Parse ``argv`` into ``(config, log level)``."""
+def parse_config(argv: list[str] | None = None) -> tuple[MMEBConfig, str | None]:
+    """Parse ``argv`` into ``(config, log level)``.
+
+    Raises:
+        MoCaConfigError: an option value the config rejects (the message names it).
+    """
     args = vars(build_parser().parse_args(argv))
     log_level = args.pop("log_level")
+    for key in ("verbose", "quiet", "debug"):
+        args.pop(key)
     args["progress"] = not args.pop("no_progress")
-    return MMEBConfig(**args), log_level
+    try:
+        return MMEBConfig(**args), log_level
+    except ValueError as exc:
+        raise MoCaConfigError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point."""
-    cfg, log_level = parse_config(argv)
+    """CLI entry point: runs the evaluation, then prints the results table (rank 0)."""
+    args = build_parser().parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=log_level.upper() if rank == 0 else logging.WARNING,
-                        format=f"%(levelname)s [rank {rank}] %(name)s: %(message)s")  # fmt: skip
+    setup_logging(verbosity_of(args), fmt=f"%(levelname)s [rank {rank}] %(name)s: %(message)s", rank=rank)
+    if args.log_level and rank == 0:
+        logging.getLogger().setLevel(args.log_level.upper())
+    return run_cli(lambda: _main(argv), debug=args.debug)
+
+
+def _main(argv: list[str] | None) -> int:
+    cfg, _ = parse_config(argv)
     from moca_bench.mmeb.runner import run
 
-    run(cfg)
+    report = run(cfg)
+    if report is not None:  # rank 0: the table written beside the JSON
+        stem = "mmeb_v2" if cfg.benchmark == "v2" else "mmeb"
+        table = Path(cfg.output_dir) / report["model"]["name"] / f"{stem}.md"
+        sys.stdout.write("\n" + table.read_text(encoding="utf-8"))
+        sys.stdout.flush()
     return 0

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from moca_model.errors import MoCaError
+
 logger = logging.getLogger(__name__)
 
 HUB_DATASET = "TIGER-Lab/MMEB-eval"
@@ -36,7 +38,7 @@ _IMAGE_ROOT_GUESSES = ("eval_images", "images/eval_images", "images", ".")
 _ROOT_PROBES = 32  # image paths checked when guessing the image root
 
 
-class MMEBDataError(RuntimeError):
+class MMEBDataError(MoCaError, RuntimeError):
     """MMEB data that cannot be found or read (the message says what to pass instead)."""
 
 

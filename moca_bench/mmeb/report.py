@@ -2,7 +2,9 @@
 
 Aggregates are unweighted means over datasets (reference ``eval.py:272-280``): per meta-task, IND,
 OOD and overall. An aggregate over fewer datasets than the benchmark defines (a ``--subsets`` run, or a
-dataset with no scorable row) is marked ``complete: false`` and flagged in the table.
+dataset with no scorable row) is marked ``complete: false`` and flagged in the table. A dataset read with
+fewer query rows than the published benchmark has (``--max-rows``, a sample) is marked *not comparable* in
+the table, and so is every aggregate over it. Scores are rounded to one decimal in the table and the log.
 """
 
 from __future__ import annotations
@@ -92,9 +94,41 @@ def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.1f}"
 
 
-def _agg_cell(agg: Mapping) -> str:
+NOT_COMPARABLE = "not comparable"
+
+
+def short_datasets(datasets: Mapping[str, Mapping], published_rows: Mapping[str, int]) -> dict[str, int]:
+    """``{dataset: rows read}`` for the datasets read with fewer query rows than the published benchmark."""
+    rows = {n: d.get("rows") for n, d in datasets.items()}
+    return {n: r for n, r in rows.items() if r is not None and published_rows.get(n) and r < published_rows[n]}
+
+
+def comparability_lines(short: Mapping[str, int], max_rows: int | None) -> list[str]:
+    """The table's warning when some datasets are not comparable with published numbers (else nothing)."""
+    if not short:
+        return []
+    why = f"`--max-rows {max_rows}`" if max_rows else "a sample of the data"
+    return [f"**{NOT_COMPARABLE.capitalize()} with the published numbers**: {len(short)} dataset(s) ran on fewer "
+            f"query rows than the benchmark has ({why}); their scores and every aggregate over them are marked "
+            f"*{NOT_COMPARABLE}*.", ""]  # fmt: skip
+
+
+def dataset_cell(score: float | None, rows: int | None = None, published_rows: int | None = None) -> str:
+    """A dataset's score, marked when ``rows`` is under ``published_rows``."""
+    if rows is None or not published_rows or rows >= published_rows:
+        return _fmt(score)
+    return f"{_fmt(score)} ({NOT_COMPARABLE}: {rows} of {published_rows} rows)"
+
+
+def agg_cell(agg: Mapping, names=(), short: Mapping[str, int] | None = None) -> str:
+    """An aggregate's score: ``(k/n)`` when it covers k of its n datasets; *not comparable* when one of
+    ``names`` (its datasets) is in ``short``."""  # noqa: D205, D209
     cell = _fmt(agg["score"])
-    return cell if agg["complete"] or agg["score"] is None else f"{cell} ({agg['n_datasets']}/{agg['n_expected']})"
+    if agg["score"] is None:
+        return cell
+    if not agg["complete"]:
+        cell += f" ({agg['n_datasets']}/{agg['n_expected']})"
+    return f"{cell} ({NOT_COMPARABLE})" if short and any(n in short for n in names) else cell
 
 
 def _row(cells: list[str]) -> str:
@@ -113,19 +147,24 @@ def markdown_table(report: Mapping, published: Mapping) -> str:
     """
     labels = list(published)
     header = ["dataset", "meta-task", "split", report["model"]["name"], *[f"{m} (paper)" for m in labels]]
+    expected = dict.fromkeys(tasks.SUBSETS, tasks.QUERIES_PER_SUBSET)
+    short = short_datasets(report["datasets"], expected)
     lines = [f"# MMEB: {report['model']['name']}", "",
+             *comparability_lines(short, report.get("data", {}).get("max_rows")),
              f"hit@1 (%), tie rule `{report['tie_rule']}`; aggregates are unweighted means over datasets, "
              "`(k/n)` marks an aggregate over k of its n datasets.", "",
              _row(header), "|" + "---|" * len(header)]  # fmt: skip
     for name, d in report["datasets"].items():
         pub = [_fmt(published[m].get("datasets", {}).get(name)) for m in labels]
-        lines.append(_row([name, d["meta_task"], d["group"], _fmt(d["score"]), *pub]))
+        lines.append(_row([name, d["meta_task"], d["group"], dataset_cell(d["score"], d.get("rows"), expected[name]),
+                           *pub]))  # fmt: skip
     aggs = report["aggregates"]
-    rows = [(meta, aggs["meta_tasks"][meta], [published[m].get("meta_tasks", {}).get(meta) for m in labels])
-            for meta in tasks.META_TASKS]  # fmt: skip
-    rows += [(k, aggs[k], [published[m].get(k) for m in labels]) for k in ("IND", "OOD", "overall")]
-    for label, agg, pub in rows:
-        lines.append(_row([f"**{label}**", "", "", f"**{_agg_cell(agg)}**", *(_fmt(p) for p in pub)]))
+    rows = [(meta, aggs["meta_tasks"][meta], [published[m].get("meta_tasks", {}).get(meta) for m in labels], names)
+            for meta, names in tasks.META_TASKS.items()]  # fmt: skip
+    groups = {"IND": tasks.IND, "OOD": tasks.OOD, "overall": tasks.SUBSETS}
+    rows += [(k, aggs[k], [published[m].get(k) for m in labels], groups[k]) for k in ("IND", "OOD", "overall")]
+    for label, agg, pub, names in rows:
+        lines.append(_row([f"**{label}**", "", "", f"**{agg_cell(agg, names, short)}**", *(_fmt(p) for p in pub)]))
     t = report["totals"]
     lines += ["", f"{t['rows']} rows ({t['bad_rows']} skipped as bad, {t['tied_rows']} decided by the tie rule); "
               f"{t['unique_items']} unique inputs, {t['encoded_items']} encoded in this run "

@@ -29,7 +29,7 @@ from moca_bench.mmeb.data import (
     read_local_rows,
 )
 from moca_bench.mmeb.encoding import OK, STATUS_NAMES, encode_shard
-from moca_bench.mmeb.report import aggregate, find_published, package_versions, write_report, write_rows
+from moca_bench.mmeb.report import _fmt, aggregate, find_published, package_versions, write_report, write_rows
 from moca_bench.mmeb.scoring import score_subset
 
 logger = logging.getLogger(__name__)
@@ -184,8 +184,8 @@ def run(cfg: MMEBConfig, *, encoder=None) -> dict | None:
                 timings = {"encode_s": round(enc_s, 3), "score_s": round(time.perf_counter() - t, 3)}
                 datasets[name] = _subset_entry(name, subset, scored, reasons, encoded_items=encoded, cache_hit=hit,
                                                timings=timings)  # fmt: skip
-                logger.info("%s: hit@1 %s on %d rows (%d bad, %d tied)", name, scored["score"], scored["scored_rows"],
-                            scored["bad_rows"], scored["tied_rows"])  # fmt: skip
+                logger.info("%s: hit@1 %s on %d rows (%d bad, %d tied)", name, _fmt(scored["score"]),
+                            scored["scored_rows"], scored["bad_rows"], scored["tied_rows"])  # fmt: skip
         bar.close()
         if not ctx.is_main:
             return None
@@ -194,7 +194,7 @@ def run(cfg: MMEBConfig, *, encoder=None) -> dict | None:
         json_path, md_path = write_report(report, out_dir, find_published(cfg.published, Path(cfg.output_dir)))
         if cfg.save_rows:
             write_rows(row_hits, out_dir)
-        logger.info("overall %s; wrote %s and %s", report["aggregates"]["overall"]["score"], json_path, md_path)
+        logger.info("overall %s; wrote %s and %s", _fmt(report["aggregates"]["overall"]["score"]), json_path, md_path)
         return report
     finally:
         dist.close_distributed(ctx)

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from moca_model.console import did_you_mean
+from moca_model.errors import MoCaConfigError
+
 META_TASKS: dict[str, tuple[str, ...]] = {
     "Classification": (
         "ImageNet-1K", "N24News", "HatefulMemes", "VOC2007", "SUN397",
@@ -72,7 +75,8 @@ def resolve_subsets(names: Iterable[str] | None) -> list[str]:
         Selected subset names, in the benchmark's order, without duplicates.
 
     Raises:
-        ValueError: an unknown name (the message lists the valid ones).
+        MoCaConfigError: an unknown name (a ``ValueError``; the message suggests a near miss and lists the
+            valid ones).
     """
     if names is None:
         return list(SUBSETS)
@@ -82,9 +86,10 @@ def resolve_subsets(names: Iterable[str] | None) -> list[str]:
     chosen: set[str] = set()
     for name in names:
         if name.lower() not in lookup:
-            raise ValueError(
-                f"unknown MMEB subset {name!r}; use one of {', '.join(SUBSETS)}, a meta-task "
-                f"({', '.join(META_TASKS)}), IND, OOD or all"
+            hint = did_you_mean(name, [*SUBSETS, *META_TASKS])
+            raise MoCaConfigError(
+                f"--subsets: unknown MMEB subset {name!r}{f' ({hint})' if hint else ''}; use one of "
+                f"{', '.join(SUBSETS)}, a meta-task ({', '.join(META_TASKS)}), IND, OOD or all"
             )
         chosen.update(lookup[name.lower()])
     return [s for s in SUBSETS if s in chosen]

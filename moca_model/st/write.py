@@ -13,6 +13,7 @@ import copy
 import json
 from pathlib import Path
 
+from moca_model.errors import MoCaError
 from moca_model.st.layout import (
     CHAT_TEMPLATE,
     MODALITY_CONFIG,
@@ -26,7 +27,7 @@ ST_POOLING = {"mean": "mean", "last": "lasttoken"}  # MoCa pooling -> sentence-t
 SHARD_BYTES = 2 * 2**30  # weights go out in shards: a converted copy of a large model never sits in memory whole
 
 
-class ExportError(RuntimeError):
+class ExportError(MoCaError, RuntimeError):
     """The export cannot be written faithfully (environment, destination or a failed parity check)."""
 
 

@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from moca_model.errors import MoCaError
+
 if TYPE_CHECKING:
     from moca_train.cl.config import CLDataConfig, CLDatasetConfig
 
@@ -239,11 +241,11 @@ def load_cl_data(cfg: CLDataConfig) -> CLData:
     """Load every source of ``cfg``.
 
     Raises:
-        ValueError: a source ends up with no usable rows.
+        MoCaError: a source ends up with no usable rows (the CLI prints it as one line).
     """
     stats: Counter = Counter()
     tasks = [load_task(spec, cfg, stats) for spec in cfg.datasets]
     empty = [t.name for t in tasks if not t.examples]
     if empty:
-        raise ValueError(f"data.datasets: no usable rows in {empty} (counts: {dict(stats)})")
+        raise MoCaError(f"data.datasets: no usable rows in {empty} (counts: {dict(stats)})")
     return CLData(tasks, stats)

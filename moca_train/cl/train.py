@@ -13,10 +13,10 @@ load with ``MoCaEncoder.from_pretrained`` (hence ``vidore-benchmark --model-clas
 
 Commands::
 
-    # CPU, tiny random model and generated shapes, about a minute (paths as in configs/cl/tiny.yaml)
-    python -m moca_model.tiny /tmp/moca-tiny
-    python -m moca_train.cl.synthetic /tmp/moca-cl-data
-    python -m moca_train.cl --config configs/cl/tiny.yaml --train.output_dir runs/cl-tiny
+    # CPU, tiny random model and generated shapes, about a minute (README "A first training run")
+    python -m moca_model.tiny runs/tiny
+    python -m moca_train.cl.synthetic runs/cl-data
+    python -m moca_train.cl --config configs/cl/tiny.yaml
 
     # one GPU (GradCache keeps the 2048 global batch in memory)
     python -m moca_train.cl --config configs/cl/qwen25vl_3b.yaml --model.init_from runs/cpt/checkpoint-3311
@@ -41,14 +41,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from moca_train.cl.config import CLConfig
-from moca_train.cli import parse_config
+from moca_train.cli import stage_main
 from moca_train.distributed import all_reduce_gradients, gather_nograd, gather_with_grad, get_world_size
 from moca_train.losses import contrastive_logits
 
@@ -204,15 +203,12 @@ def run(cfg: CLConfig) -> list[dict[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` into a :class:`CLConfig` and :func:`run` it; 2 on a configuration error."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = parse_config(argv, CLConfig, prog="python -m moca_train.cl")
-    except ValueError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 2
-    run(cfg)
-    return 0
+    """Parse ``argv`` into a :class:`CLConfig` and :func:`run` it.
+
+    Returns the exit status (:func:`moca_train.cli.stage_main`): 2 for a config error, 130 / 143 after
+    SIGINT / SIGTERM (the log says which checkpoint to resume from).
+    """
+    return stage_main(argv, CLConfig, run, prog="python -m moca_train.cl")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
+from moca_model.errors import MoCaConfigError
 from moca_model.images import MoCaInputError
 from moca_model.processing_moca import IMAGE_PLACEHOLDER
 
@@ -100,7 +101,7 @@ def open_source(spec: CPTSourceConfig, *, seed: int, cache_dir: str | Path):
     ds = _load(spec)
     if spec.streaming:
         if not spec.num_samples:
-            raise ValueError(f"source {spec.path!r}: streaming needs num_samples (rows to sub-select)")
+            raise MoCaConfigError(f"source {spec.path!r}: streaming needs num_samples (rows to sub-select)")
         stream = _undecoded(ds).shuffle(seed=seed, buffer_size=10_000).take(spec.num_samples)
         key = hashlib.sha256(json.dumps([asdict(spec), seed]).encode()).hexdigest()[:16]
         logger.info("materialising %d streamed rows of %s (key %s)", spec.num_samples, spec.path, key)

@@ -14,10 +14,10 @@ clipping, DeepSpeed-style log warmup + linear decay, checkpoints and exact resum
 
 Commands (each also takes dotted overrides, e.g. ``--train.max_steps 100``; ``--help`` lists all)::
 
-    # CPU, minutes: a tiny random checkpoint and a tiny generated corpus
-    python -m moca_model.tiny /tmp/tiny
-    python -m moca_train.cpt --config configs/cpt/tiny.yaml --model.init_from /tmp/tiny \
-        --data.sources '[{path: /tmp/cpt.jsonl}]'
+    # CPU, about a minute: a tiny random checkpoint and a tiny generated corpus (README "A first training run")
+    python -m moca_model.tiny runs/tiny
+    python -m moca_train.cpt.synthetic runs/cpt-data
+    python -m moca_train.cpt --config configs/cpt/tiny.yaml
 
     # one GPU
     python -m moca_train.cpt --config configs/cpt/qwen25vl_3b.yaml
@@ -42,7 +42,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from moca_train.cli import parse_config
+from moca_model.errors import MoCaConfigError
+from moca_train.cli import stage_main
 from moca_train.cpt.config import CPTConfig
 
 if TYPE_CHECKING:
@@ -144,7 +145,7 @@ def run(cfg: CPTConfig) -> list[dict[str, float]]:
 
     accelerator = build_accelerator(cfg.train)
     if accelerator.num_processes > 1 and not cfg.data.dummy_image:
-        raise ValueError(
+        raise MoCaConfigError(
             "--data.dummy_image: must be true with several ranks: a rank whose micro-batch has no image would skip "
             "the vision tower (DDP's reducer then fails, FSDP / ZeRO-3 ranks wait for each other forever)"
         )
@@ -175,11 +176,12 @@ def run(cfg: CPTConfig) -> list[dict[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``--config`` YAML files and dotted overrides into :class:`CPTConfig`, then :func:`run`."""
-    cfg = parse_config(argv, CPTConfig, prog="python -m moca_train.cpt")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run(cfg)
-    return 0
+    """Parse ``--config`` YAML files and dotted overrides into :class:`CPTConfig`, then :func:`run`.
+
+    Returns the exit status (:func:`moca_train.cli.stage_main`): 2 for a config error, 130 / 143 after
+    SIGINT / SIGTERM (the log says which checkpoint to resume from).
+    """
+    return stage_main(argv, CPTConfig, run, prog="python -m moca_train.cpt")
 
 
 if __name__ == "__main__":

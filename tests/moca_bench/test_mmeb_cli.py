@@ -24,7 +24,7 @@ def test_help_documents_every_option(capsys):
     dests = {a.dest for a in actions}
     fields = {f.name for f in dataclasses.fields(MMEBConfig)}
     assert fields - {"progress"} <= dests  # progress is --no-progress
-    assert dests - fields == {"no_progress", "log_level"}
+    assert dests - fields == {"no_progress", "log_level", "verbose", "quiet", "debug"}
 
 
 def test_parse_config_maps_options_to_fields():
@@ -61,6 +61,33 @@ def test_main_writes_json_and_markdown(tiny_dir, tmp_path):
     assert "| OK-VQA | VQA | IND |" in md and "MoCa-7B (paper)" in md
     assert "| 40.0 | 36.9 |" in md  # OK-VQA's published 3B / 7B numbers
     assert not (out / tiny_dir.name / "rows.json").exists()  # only with --save-rows
+
+
+def test_main_prints_the_table_rounded_and_marks_a_short_run_not_comparable(tiny_dir, tmp_path, capsys):
+    data = write_sample(tmp_path / "data", subsets=("OK-VQA",), rows=4)
+    args = ["--model", str(tiny_dir), "--data-dir", str(data), "--subsets", "OK-VQA", "--device", "cpu", "--no-cache",
+            "--no-progress", "--output-dir", str(tmp_path / "results")]  # fmt: skip
+    assert main([*args, "--max-rows", "3"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads((tmp_path / "results" / tiny_dir.name / "mmeb.json").read_text())
+    score = report["datasets"]["OK-VQA"]["score"]
+    assert captured.out == "\n" + (tmp_path / "results" / tiny_dir.name / "mmeb.md").read_text()
+    assert f"| OK-VQA | VQA | IND | {score:.1f} (not comparable: 3 of 1000 rows) | 40.0 | 36.9 |" in captured.out
+    assert "**Not comparable with the published numbers**: 1 dataset(s) ran on fewer query rows" in captured.out
+    assert "`--max-rows 3`" in captured.out
+    assert f"| **overall** |  |  | **{score:.1f} (1/36) (not comparable)** |" in captured.out
+    assert f"overall {score:.1f}; wrote" in captured.err and str(score) not in captured.err.replace(f"{score:.1f}", "")
+
+
+@pytest.mark.parametrize(("benchmark", "name", "hint"), [
+    ("v1", "OKVQA", "OK-VQA"), ("v1", "visual7w_pointing", "Visual7W-Pointing"), ("v2", "okvqa", "OK-VQA")])
+def test_near_miss_subset_names_get_a_suggestion_in_one_line(benchmark, name, hint, tmp_path, capsys):
+    code = main(["--model", str(tmp_path / "no-model"), "--benchmark", benchmark, "--subsets", name,
+                 "--data-dir", str(tmp_path), "--device", "cpu", "--output-dir", str(tmp_path / "r")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    line = [x for x in err.splitlines() if x.startswith("error:")]
+    assert len(line) == 1 and "unknown MMEB" in line[0] and f"{name!r} (did you mean {hint!r}?)" in line[0]
 
 
 def test_attention_and_per_row_hits(tiny_dir, tmp_path):

@@ -119,7 +119,8 @@ def test_readme_example_runs(folder, tmp_path, monkeypatch):
         draw_image(120 + 30 * i, 160, i).save(tmp_path / f"page{i}.png")
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(code.replace('"moca-3b-st"', repr(str(folder))), "README.md", "exec"), namespace)  # noqa: S102
+    code = re.sub(r'"(runs/)?moca-3b-st"', lambda _: repr(str(folder)), code)  # the README writes it under runs/
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
     hits = namespace["util"].semantic_search(namespace["query"], namespace["pages"], top_k=2)[0]
     assert len(hits) == 2 and {h["corpus_id"] for h in hits} <= {0, 1, 2}
     assert namespace["pages"].shape == (3, 64)

@@ -41,7 +41,8 @@ def test_cl_zero3_two_ranks_equal_one_process(tiny_dir, tmp_path, gradcache):
     assert (True, False) in step_modalities()  # a step where rank 1 has no image while rank 0 has
     tasks = write_modality_tasks(write_world(tmp_path / "world", rows_per_task=24))
     args = [*cl_args(tiny_dir, tasks), *WARMUP, "--loss.gradcache", str(gradcache).lower()]
-    proc = launch("deepspeed", "moca_train.cl", [*args, "--train.output_dir", str(tmp_path / "ds")])
+    # -vv: accelerate's INFO lines ("DeepSpeed Model and Optimizer saved") are hidden at the default verbosity
+    proc = launch("deepspeed", "moca_train.cl", [*args, "-vv", "--train.output_dir", str(tmp_path / "ds")])
     assert ZERO3 in proc.stderr and "DeepSpeed Model and Optimizer saved" in proc.stderr
     compare_with_one_process(tiny_dir, tmp_path, tmp_path / "ds", args)
     # the LR DeepSpeed's optimizer held at each step is train.warmup: log (DeepSpeed WarmupDecayLR's shape)
@@ -86,7 +87,8 @@ def test_cpt_zero3_equals_one_process_resumes_bit_identically_and_converts(tiny_
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     shutil.copytree(ds / "checkpoint-2", resumed / "checkpoint-2")
-    proc = launch("deepspeed", "moca_train.cpt", [*args, "--train.output_dir", str(resumed), "--train.resume", "auto"])
+    proc = launch("deepspeed", "moca_train.cpt", [*args, "-vv", "--train.output_dir", str(resumed), "--train.resume",
+                                                   "auto"])  # -vv: accelerate's "DeepSpeed ... loaded" INFO line
     assert "resumed from" in proc.stderr and "DeepSpeed Model and Optimizer loaded" in proc.stderr
     again = checkpoint_weights(resumed, CPT_STEPS)
     assert all(torch.equal(again[k], final[k]) for k in final)  # bit-identical

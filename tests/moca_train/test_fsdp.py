@@ -32,7 +32,8 @@ def test_cl_fsdp_two_ranks_equal_one_process(tiny_dir, tmp_path):
     assert (True, False) in step_modalities()  # a step where rank 1 has no image while rank 0 has
     tasks = write_modality_tasks(write_world(tmp_path / "world", rows_per_task=24))
     args = cl_args(tiny_dir, tasks)
-    proc = launch("fsdp", "moca_train.cl", [*args, "--train.output_dir", str(tmp_path / "fsdp")])
+    # -vv: accelerate's INFO lines ("Saving FSDP model") are hidden at the default verbosity
+    proc = launch("fsdp", "moca_train.cl", [*args, "-vv", "--train.output_dir", str(tmp_path / "fsdp")])
     assert "FSDP2 on 2 CPU ranks" in proc.stderr and "Saving FSDP model" in proc.stderr
     compare_with_one_process(tiny_dir, tmp_path, tmp_path / "fsdp", args)
 
@@ -95,7 +96,8 @@ def test_cpt_fsdp_two_ranks_equal_one_process(tiny_dir, tmp_path):
         "--data.token_budget", "64",
         "--train.max_steps", str(CPT_STEPS), "--train.progress_bar", "false",
     ]  # fmt: skip
-    proc = launch("fsdp", "moca_train.cpt", [*args, "--train.output_dir", str(tmp_path / "fsdp")])
+    # -vv: accelerate's INFO lines ("Saving FSDP model") are hidden at the default verbosity
+    proc = launch("fsdp", "moca_train.cpt", [*args, "-vv", "--train.output_dir", str(tmp_path / "fsdp")])
     assert "FSDP2 on 2 CPU ranks" in proc.stderr and "Saving FSDP model" in proc.stderr
     one_args = [*args, "--train.output_dir", str(tmp_path / "single"), "--train.grad_accum_steps", "2"]
     history, images = _cpt_as_one_process(parse_config(one_args, CPTConfig), world_size=2)

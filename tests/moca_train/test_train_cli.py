@@ -94,3 +94,46 @@ def test_resolved_config_round_trips(tmp_path):
     again = parse_config(["--config", str(tmp_path / "ck" / CONFIG_FILE)], CLConfig)
     assert again == cfg
     assert (tmp_path / "ck" / META_FILE).read_text().count("commit") == 1
+
+
+def test_several_config_files_after_one_flag(tmp_path):
+    second = _yaml(tmp_path, {"train": {"seed": 5, "max_steps": 3}}, "d.yaml")
+    third = _yaml(tmp_path, {"train": {"seed": 6}}, "e.yaml")
+    cfg = parse_config(["--config", _yaml(tmp_path, BASE), second, third, "--train.log_every", "2"], CLConfig)
+    assert (cfg.train.seed, cfg.train.max_steps, cfg.train.log_every) == (6, 3, 2)
+
+
+def test_flow_mapping_without_a_space_after_the_colon_is_explained(tmp_path):
+    with pytest.raises(ValueError) as err:  # YAML reads {path:/x} as one key "path:/x" without a value
+        parse_config(["--config", _yaml(tmp_path, BASE), "--data.datasets", "[{name: a, path:/x}]"], CLConfig)
+    assert str(err.value) == ("--data.datasets [{name: a, path:/x}]: YAML read 'path:/x' as one key without a value: "
+                              "in {...} flow syntax a colon needs a space after it; write '{path: /x}'")  # fmt: skip
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {init_from:/x}\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: YAML read 'init_from:/x' .* write '\{init_from: /x\}'"):
+        parse_config(["--config", str(bad)], CLConfig)
+
+
+def test_unparsable_yaml_names_the_option_and_the_position(tmp_path):
+    with pytest.raises(ValueError, match=r"^--train.max_steps \[1: not valid YAML \(line 1, column 3\)"):
+        parse_config(["--config", _yaml(tmp_path, BASE), "--train.max_steps", "[1"], CLConfig)
+
+
+def test_common_flags_are_split_off_but_never_an_options_value():
+    from moca_model.console import pop_common_flags
+
+    rest, verbosity, debug = pop_common_flags(["-v", "--config", "a.yaml", "--train.run_name", "-v", "--debug", "-v"])
+    assert rest == ["--config", "a.yaml", "--train.run_name", "-v"] and verbosity == 2 and debug
+    assert pop_common_flags(["-q", "--x=1"]) == (["--x=1"], -1, False)
+
+
+def test_stage_main_prints_config_errors_as_one_line(tmp_path, capsys):
+    from moca_train.cl.train import main
+
+    rc = main(["--config", _yaml(tmp_path, BASE), "--train.learnig_rate", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.strip() == "error: --train.learnig_rate: unknown option; did you mean --train.learning_rate?"
+    with pytest.raises(ValueError, match="learnig_rate"):
+        main(["--config", _yaml(tmp_path, BASE), "--train.learnig_rate", "1", "--debug"])
+    assert main(["--config", str(tmp_path / "nope.yaml")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --config: no such file {str(tmp_path / 'nope.yaml')!r}"

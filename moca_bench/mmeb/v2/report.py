@@ -13,7 +13,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from moca_bench.mmeb.report import _fmt, _mean, _row, write_report
+from moca_bench.mmeb.report import (
+    _fmt,
+    _mean,
+    _row,
+    agg_cell,
+    comparability_lines,
+    dataset_cell,
+    short_datasets,
+    write_report,
+)
 from moca_bench.mmeb.v2 import tasks as t
 
 PUBLISHED_FILE = Path("published") / "mmeb_v2.json"
@@ -40,17 +49,14 @@ def aggregate_v2(scores: Mapping[str, float | None]) -> dict:
     return {"meta_tasks": metas, "modalities": mods, "overall": agg(t.SCORED)}
 
 
-def _cell(agg: Mapping) -> str:
-    cell = _fmt(agg["score"])
-    return cell if agg["complete"] or agg["score"] is None else f"{cell} ({agg['n_datasets']}/{agg['n_expected']})"
-
-
 def markdown_v2(report: Mapping, published: Mapping) -> str:
     """Markdown: one row per task of the run, then meta-task, modality and overall rows, then counts."""
     labels = list(published)
     me = report["model"]["name"]
     header = ["task", "modality", "meta-task", "metric", me, *labels]
-    lines = [f"# MMEB-V2: {me}", "",
+    expected = {n: task.queries for n, task in t.TASKS.items()}
+    short = short_datasets(report["datasets"], expected)
+    lines = [f"# MMEB-V2: {me}", "", *comparability_lines(short, report["settings"].get("max_rows")),
              "Percent; hit@1 for image and video, linear nDCG@5 for visual documents; "
              f"tie rule `{report['tie_rule']}`; "
              f"{report['settings']['num_frames']} frames per video; graded nDCG with the `{report['grade_order']}` "
@@ -60,17 +66,20 @@ def markdown_v2(report: Mapping, published: Mapping) -> str:
     for name, d in report["datasets"].items():
         pub = [_fmt(published[m].get("datasets", {}).get(name)) for m in labels]
         extra = "" if d["scored_in_v2"] else " (extra)"
-        lines.append(_row([name + extra, d["modality"], d["meta_task"], d["metric"], _fmt(d["score"]), *pub]))
+        cell = dataset_cell(d["score"], d.get("rows"), expected.get(name))
+        lines.append(_row([name + extra, d["modality"], d["meta_task"], d["metric"], cell, *pub]))
     aggs = report["aggregates"]
+    members = {f"{m}-{meta}": names for m in t.MODALITIES for meta, names in t.meta_tasks(m).items()}
     for key, agg in aggs["meta_tasks"].items():
         if agg["n_datasets"]:
             pub = [_fmt(published[m].get("meta_tasks", {}).get(key)) for m in labels]
-            lines.append(_row([f"**{key}**", "", "", "", f"**{_cell(agg)}**", *pub]))
+            lines.append(_row([f"**{key}**", "", "", "", f"**{agg_cell(agg, members.get(key, ()), short)}**", *pub]))
     for key, agg in aggs["modalities"].items():
         pub = [_fmt(published[m].get("modalities", {}).get(key)) for m in labels]
-        lines.append(_row([f"**{key}**", "", "", "", f"**{_cell(agg)}**", *pub]))
+        names = [n for n in t.SCORED if t.TASKS[n].modality == key]
+        lines.append(_row([f"**{key}**", "", "", "", f"**{agg_cell(agg, names, short)}**", *pub]))
     pub = [_fmt(published[m].get("overall")) for m in labels]
-    lines.append(_row(["**overall (78)**", "", "", "", f"**{_cell(aggs['overall'])}**", *pub]))
+    lines.append(_row(["**overall (78)**", "", "", "", f"**{agg_cell(aggs['overall'], t.SCORED, short)}**", *pub]))
     s = report["totals"]
     lines += ["", f"{s['rows']} rows ({s['bad_rows']} skipped as bad, {s['dropped_rows']} dropped by the parser, "
               f"{s['tied_rows']} decided by the tie rule); {s['unique_items']} unique inputs, {s['encoded_items']} "

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from moca_bench.mmeb import dist
 from moca_bench.mmeb.cache import EmbeddingCache, model_fingerprint
 from moca_bench.mmeb.config import MMEBConfig
-from moca_bench.mmeb.report import find_published, package_versions
+from moca_bench.mmeb.report import _fmt, find_published, package_versions
 from moca_bench.mmeb.runner import _encode_subset, default_cache_dir, encoder_settings, load_encoder, model_label
 from moca_bench.mmeb.v2 import tasks as tasks
 from moca_bench.mmeb.v2.build import TaskData
@@ -158,7 +158,7 @@ def run_v2(cfg: MMEBConfig, *, encoder=None) -> dict | None:
                 results[name] = _entry(data[name], scored, reasons, encoded_items=encoded, cache_hit=hit,
                                        dropped_examples=data[name].dropped[:_MAX_BAD_EXAMPLES], timings=timings)
                 logger.info("%s: %s %s on %d rows (%d bad, %d dropped, %d tied)", name, scored["metric"],
-                            scored["score"], scored["scored_rows"], scored["bad_rows"], scored["dropped_rows"],
+                            _fmt(scored["score"]), scored["scored_rows"], scored["bad_rows"], scored["dropped_rows"],
                             scored["tied_rows"])  # fmt: skip
         bar.close()
         if not ctx.is_main:
@@ -166,7 +166,7 @@ def run_v2(cfg: MMEBConfig, *, encoder=None) -> dict | None:
         report = _report(cfg, results, encoder, key, inputs, ctx, load_s=t_load, start=start)
         out_dir = Path(cfg.output_dir) / model_label(cfg)
         paths = write_report_v2(report, out_dir, find_published(cfg.published, Path(cfg.output_dir), PUBLISHED_FILE))
-        logger.info("overall %s; wrote %s and %s", report["aggregates"]["overall"]["score"], *paths)
+        logger.info("overall %s; wrote %s and %s", _fmt(report["aggregates"]["overall"]["score"]), *paths)
         return report
     finally:
         dist.close_distributed(ctx)

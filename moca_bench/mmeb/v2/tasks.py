@@ -17,6 +17,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from moca_model.console import did_you_mean
+from moca_model.errors import MoCaConfigError
+
 MODALITIES = ("image", "video", "visdoc")
 METRIC = {"image": "hit@1", "video": "hit@1", "visdoc": "ndcg_linear@5"}
 IMAGE_REPO = "ziyjiang/MMEB_Test_Instruct"
@@ -210,7 +213,8 @@ def resolve_tasks(names: Iterable[str] | None) -> list[str]:
         Selected task names, in benchmark order, without duplicates.
 
     Raises:
-        ValueError: an unknown name (the message lists the valid selectors).
+        MoCaConfigError: an unknown name (a ``ValueError``; the message suggests a near miss and lists the
+            valid selectors).
     """
     if names is None:
         return list(SCORED)
@@ -226,7 +230,10 @@ def resolve_tasks(names: Iterable[str] | None) -> list[str]:
     for name in names:
         if name.lower() not in lookup:
             metas = sorted({f"{t.modality}-{t.meta}" for t in TASKS.values()})
-            raise ValueError(f"unknown MMEB-V2 task {name!r}; use a task name, a modality ({', '.join(MODALITIES)}), "
-                             f"a meta-task ({', '.join(metas)}) or all")  # fmt: skip
+            hint = did_you_mean(name, [*TASKS, *ALIASES, *metas])
+            raise MoCaConfigError(
+                f"--subsets: unknown MMEB-V2 task {name!r}{f' ({hint})' if hint else ''}; use a task name, a modality "
+                f"({', '.join(MODALITIES)}), a meta-task ({', '.join(metas)}) or all"
+            )
         chosen |= lookup[name.lower()]
     return [n for n in TASKS if n in chosen]
