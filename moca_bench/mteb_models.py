@@ -63,6 +63,7 @@ class MoCaMTEBEncoder(AbsEncoder):
         dtype: str | None = None,
         attn_implementation: str | None = None,
         attention: str | None = None,
+        pooling: str | None = None,
         min_pixels: int | None = None,
         max_pixels: int | None = None,
         max_length: int | None = None,
@@ -85,6 +86,7 @@ class MoCaMTEBEncoder(AbsEncoder):
             attn_implementation: default flash_attention_2 when installed on CUDA, else sdpa.
             attention: ``bidirectional`` or ``causal`` (default: the checkpoint's moca_config.json, else
                 bidirectional).
+            pooling: ``mean`` or ``last`` (default: the checkpoint's moca_config.json, else mean).
             min_pixels: per-image lower bound (default MoCa's 256 visual tokens).
             max_pixels: per-image upper bound (default MoCa's 1024 visual tokens).
             max_length: token limit after image expansion (default 1280).
@@ -121,6 +123,7 @@ class MoCaMTEBEncoder(AbsEncoder):
             dtype=dtype,
             attn_implementation=attn_implementation,
             attention=attention,
+            pooling=pooling,
             min_pixels=min_pixels,
             max_pixels=max_pixels,
             max_length=max_length,

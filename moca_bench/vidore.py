@@ -49,7 +49,7 @@ from vidore_benchmark.retrievers.base_vision_retriever import BaseVisionRetrieve
 
 from moca_bench.prompts import VIDORE_DOCUMENT_PROMPT, VIDORE_QUERY_PROMPT
 from moca_bench.scoring import DEFAULT_BLOCK_MB, score_matrix
-from moca_model.moca_config import check_attention
+from moca_model.moca_config import check_attention, check_pooling
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,8 @@ class MoCaVidoreConfig:
     """sdpa, eager or flash_attention_2 (default: flash_attention_2 on CUDA when installed, else sdpa)."""
     attention: str | None = None
     """bidirectional or causal text attention (default: the checkpoint's moca_config.json, else bidirectional)."""
+    pooling: str | None = None
+    """mean or last (real token) pooling (default: the checkpoint's moca_config.json, else mean)."""
     processor_name_or_path: str | None = None
     """Where the tokenizer comes from when the checkpoint has none."""
     revision: str | None = None
@@ -105,6 +107,8 @@ class MoCaVidoreConfig:
             raise ValueError(f"attn_implementation must be one of {_ATTN}, got {self.attn_implementation!r}")
         if self.attention is not None:
             check_attention(self.attention)
+        if self.pooling is not None:
+            check_pooling(self.pooling)
         for name in ("min_pixels", "max_pixels", "max_length"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -183,6 +187,7 @@ class MoCaVidoreRetriever(BaseVisionRetriever):
             devices=c.devices,
             cache_dir=c.cache_dir,
             attention=c.attention,
+            pooling=c.pooling,
         )
         self._pages_seen = 0  # corpus row of the next page, for error messages; reset after each dataset
         self._score_calls = 0

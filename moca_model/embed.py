@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moca_model.moca_config import ATTENTION_MODES
+from moca_model.moca_config import ATTENTION_MODES, POOLING_MODES
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attn-implementation", default=None, help="sdpa / eager / flash_attention_2")
     parser.add_argument("--attention", choices=ATTENTION_MODES, default=None,
                         help="text attention (default: the checkpoint's moca_config.json, else bidirectional)")
+    parser.add_argument("--pooling", choices=POOLING_MODES, default=None,
+                        help="mean or last-token pooling (default: the checkpoint's moca_config.json, else mean)")
     parser.add_argument("--min-pixels", type=int, default=None, help="per-image lower bound (default 256*28*28)")
     parser.add_argument("--max-pixels", type=int, default=None, help="per-image upper bound (default 1024*28*28)")
     parser.add_argument("--max-length", type=int, default=None, help="token limit incl. image tokens (default 1280)")
@@ -115,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         devices=args.devices or None,
         cache_dir=args.cache_dir or None,
         attention=args.attention,
+        pooling=args.pooling,
     )
     with encoder:
         vectors = encoder.encode(items, batch_size=args.batch_size, show_progress=not args.no_progress)

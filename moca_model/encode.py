@@ -105,6 +105,7 @@ class MoCaEncoder:
         video_min_pixels: int | None = None,
         video_max_pixels: int | None = None,
         attention: str | None = None,
+        pooling: str | None = None,
     ) -> MoCaEncoder:
         """Load model and processor from a local directory or a hub id.
 
@@ -129,6 +130,8 @@ class MoCaEncoder:
             video_max_pixels: per-frame upper bound for videos (default 256 * 28²).
             attention: ``bidirectional`` or ``causal``; default the checkpoint's ``moca_config.json``
                 (bidirectional when it records none, as every released MoCa checkpoint).
+            pooling: ``mean`` or ``last`` (the last real token); default the checkpoint's
+                ``moca_config.json`` (mean when it records none).
 
         Returns:
             A ready encoder.
@@ -147,15 +150,18 @@ class MoCaEncoder:
             device, worker_devices = worker_devices[0], None
         if worker_devices:
             load = {"dtype": dtype, "attn_implementation": attn_implementation, "processor_name_or_path": proc_dir,
-                    "attention": attention, **pixels}  # fmt: skip
+                    "attention": attention, "pooling": pooling, **pixels}  # fmt: skip
             factory = functools.partial(_worker_encoder, str(path), load)
             pool = DevicePool(factory, worker_devices, threads=worker_threads)
             return cls(None, processor, cache=cache, pool=pool, checkpoint=checkpoint)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         impl = attn_implementation or default_attn_implementation(device)
-        model = load_model(path, device=device, dtype=dtype, attn_implementation=impl, attention=attention)
-        logger.info("loaded %s (%s, %s, %s attention) on %s", name_or_path, impl, dtype, model.attention, device)
+        model = load_model(
+            path, device=device, dtype=dtype, attn_implementation=impl, attention=attention, pooling=pooling
+        )
+        logger.info("loaded %s (%s, %s, %s attention, %s pooling) on %s", name_or_path, impl, dtype, model.attention,
+                    model.pooling, device)  # fmt: skip
         return cls(model, processor, device=device, cache=cache, checkpoint=checkpoint)
 
     @property
@@ -333,7 +339,7 @@ def vector_settings(model, processor: MoCaProcessor) -> dict:
     return {
         "dtype": str(next(model.parameters()).dtype),
         "attn_implementation": model.attn_implementation,
-        "bidirectional": bool(model.bidirectional),
+        "bidirectional": bool(model.bidirectional), "pooling": model.pooling,
         "min_pixels": proc.min_pixels, "max_pixels": proc.max_pixels, "max_length": proc.max_length,
         "video_min_pixels": proc.video_min_pixels, "video_max_pixels": proc.video_max_pixels,
         "image": [ip.patch_size, ip.temporal_patch_size, ip.merge_size, list(ip.image_mean), list(ip.image_std)],

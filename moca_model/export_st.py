@@ -150,6 +150,8 @@ def _export(load: Callable, out: Path, *, source, source_dir, dtype, prompts, li
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         encoder = load()
+        if encoder.model.pooling != "mean":  # the folder's Pooling module is written for mean pooling
+            raise ExportError(f"{source}: {encoder.model.pooling!r} pooling is not exported yet (mean only)")
         expected = st_verify.reference(encoder, prompts) if verify else None
         ref_dtype = str(encoder.model.dtype).removeprefix("torch.")
         facts = write_model(encoder, tmp, dtype=dtype, source_dir=source_dir)

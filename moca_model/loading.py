@@ -126,7 +126,13 @@ def default_attn_implementation(device: torch.device) -> str:
 
 
 def load_model(
-    path: Path, *, device: torch.device, dtype: torch.dtype, attn_implementation: str, attention: str | None = None
+    path: Path,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    attn_implementation: str,
+    attention: str | None = None,
+    pooling: str | None = None,
 ) -> MoCaModel:
     """Load ``MoCaModel`` from a local checkpoint directory in any supported layout.
 
@@ -137,16 +143,19 @@ def load_model(
         attn_implementation: ``sdpa``, ``eager`` or ``flash_attention_2``.
         attention: ``bidirectional`` or ``causal``; None uses the checkpoint's ``moca_config.json``
             (bidirectional when it records none, as every released MoCa checkpoint).
+        pooling: ``mean`` or ``last``; None uses the checkpoint's ``moca_config.json`` (mean when it
+            records none).
 
     Returns:
-        The model in eval mode, its ``bidirectional`` attribute set accordingly.
+        The model in eval mode, its ``bidirectional`` and ``pooling`` attributes set accordingly.
 
     Raises:
         MoCaLoadError: no safetensors, missing weights, weights that differ from the file, or an unknown
-            attention mode.
+            attention or pooling mode.
     """
     try:
         mode = moca_config.check_attention(attention) if attention is not None else moca_config.attention(path)
+        pooling = moca_config.check_pooling(pooling) if pooling is not None else moca_config.pooling(path)
     except ValueError as exc:
         raise MoCaLoadError(str(exc)) from None
     keys = checkpoint_keys(path)
@@ -176,6 +185,7 @@ def load_model(
         logger.warning("ignored %d checkpoint tensors not used by MoCaModel, e.g. %s", len(others), others[:3])
     _verify_against_file(model, keys, mapping)
     model.set_attention(mode)
+    model.set_pooling(pooling)
     return model.to(device).eval()
 
 

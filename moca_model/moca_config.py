@@ -1,4 +1,4 @@
-"""A checkpoint's ``moca_config.json``: its MoCa processing settings and its attention mode.
+"""A checkpoint's ``moca_config.json``: its MoCa processing settings, attention mode and pooling.
 
 Keys (all optional):
 
@@ -8,6 +8,9 @@ Keys (all optional):
   :func:`moca_model.loading.load_model`. Absent means bidirectional, as in every released MoCa checkpoint.
   ``MoCaModel.save_pretrained`` records it, so every checkpoint a training stage writes says how it was
   trained (a causal base model, a bidirectional CPT or CL model).
+- ``pooling``: ``"mean"`` (MoCa: the mean over every real token) or ``"last"`` (the state of the last real
+  token, what the reference pools when attention is causal and what causal embedders such as VLM2Vec use).
+  Absent means mean, as in every released MoCa checkpoint. Recorded and read like ``attention``.
 
 Other keys are kept on update and ignored on read, so newer checkpoints still load.
 """
@@ -21,6 +24,8 @@ FILE = "moca_config.json"
 PROCESSING_KEYS = ("min_pixels", "max_pixels", "max_length", "video_min_pixels", "video_max_pixels")
 ATTENTION_MODES = ("bidirectional", "causal")
 DEFAULT_ATTENTION = "bidirectional"
+POOLING_MODES = ("mean", "last")
+DEFAULT_POOLING = "mean"
 
 
 def read(directory: str | Path) -> dict:
@@ -63,6 +68,30 @@ def attention(directory: str | Path) -> str:
     value = read(directory).get("attention", DEFAULT_ATTENTION)
     try:
         return check_attention(value)
+    except ValueError as exc:
+        raise ValueError(f"{Path(directory) / FILE}: {exc}") from None
+
+
+def check_pooling(value: str) -> str:
+    """``value`` if it is a pooling mode.
+
+    Raises:
+        ValueError: anything but ``mean`` or ``last``.
+    """
+    if value not in POOLING_MODES:
+        raise ValueError(f"pooling must be one of {POOLING_MODES}, got {value!r}")
+    return value
+
+
+def pooling(directory: str | Path) -> str:
+    """The checkpoint's recorded pooling (``mean`` when it records none).
+
+    Raises:
+        ValueError: an unknown recorded mode (names the file).
+    """
+    value = read(directory).get("pooling", DEFAULT_POOLING)
+    try:
+        return check_pooling(value)
     except ValueError as exc:
         raise ValueError(f"{Path(directory) / FILE}: {exc}") from None
 

@@ -1,9 +1,11 @@
-"""MoCaModel: stock ``Qwen2_5_VLModel`` made bidirectional, returning mean-pooled unit embeddings.
+"""MoCaModel: stock ``Qwen2_5_VLModel`` made bidirectional, returning pooled unit embeddings.
 
 The two real differences from upstream (moca-method.md §1): attention over the text decoder is
 bidirectional (see :mod:`moca_model.bidirectional`), and the output is the mask-weighted mean of the
-final-norm hidden states, L2-normalised. There is no LM head: the class is the base model, so a
-checkpoint's ``lm_head.weight`` is never materialised.
+final-norm hidden states, L2-normalised. Both are switches: ``attention`` (bidirectional | causal) and
+``pooling`` (mean | last: the last real token's state, the reference's pooling for causal attention).
+There is no LM head: the class is the base model, so a checkpoint's ``lm_head.weight`` is never
+materialised.
 
 Shapes: B batch, T tokens, D hidden size, P patch rows (each 3 * 2 * 14 * 14 = 1176 values), I images,
 V videos.
@@ -20,7 +22,7 @@ from transformers.utils import ModelOutput
 from moca_model import moca_config
 from moca_model.bidirectional import decoder_mask, set_causal
 from moca_model.compat import check_transformers_version, rope_index
-from moca_model.pooling import l2_normalize, mean_pool
+from moca_model.pooling import l2_normalize, pool
 
 check_transformers_version()
 
@@ -39,16 +41,17 @@ class EmbeddingOutput(ModelOutput):
 
 
 class MoCaModel(Qwen2_5_VLModel):
-    """Mean-pooled Qwen2.5-VL embedder; bidirectional (MoCa) unless switched to causal.
+    """Qwen2.5-VL embedder: bidirectional (MoCa) unless switched to causal, mean-pooled unless set to ``last``.
 
-    ``bidirectional`` is the runtime truth about the attention mode; :func:`moca_model.loading.load_model`
-    sets it from the checkpoint's ``moca_config.json`` (or the caller's override), and
-    :meth:`save_pretrained` records it there.
+    ``bidirectional`` and ``pooling`` are the runtime truth; :func:`moca_model.loading.load_model` sets
+    them from the checkpoint's ``moca_config.json`` (or the caller's overrides), and
+    :meth:`save_pretrained` records them there.
     """
 
     def __init__(self, config):
         super().__init__(config)
         self.bidirectional = True
+        self.pooling = moca_config.DEFAULT_POOLING
         self.unpadded_fast_path = True  # no mask for batches without padding (see moca_model.bidirectional)
         set_causal(self.language_model, causal=False)
 
@@ -66,11 +69,15 @@ class MoCaModel(Qwen2_5_VLModel):
         """Set the mode by name (``bidirectional`` | ``causal``)."""
         self.set_bidirectional(moca_config.check_attention(attention) == "bidirectional")
 
+    def set_pooling(self, pooling: str) -> None:
+        """``"mean"`` (MoCa) or ``"last"`` (the last real token's state)."""
+        self.pooling = moca_config.check_pooling(pooling)
+
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
-        """``Qwen2_5_VLModel.save_pretrained``, then record the attention mode in ``moca_config.json``."""
+        """``Qwen2_5_VLModel.save_pretrained``, then record attention and pooling in ``moca_config.json``."""
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
-            moca_config.update(save_directory, attention=self.attention)
+            moca_config.update(save_directory, attention=self.attention, pooling=self.pooling)
 
     @property
     def attn_implementation(self) -> str:
@@ -131,5 +138,5 @@ class MoCaModel(Qwen2_5_VLModel):
             **kwargs,
         )
         hidden = out.last_hidden_state  # (B, T, D)
-        emb = mean_pool(hidden, attention_mask)  # (B, D) float32
+        emb = pool(hidden, attention_mask, self.pooling)  # (B, D) float32
         return EmbeddingOutput(embeddings=l2_normalize(emb) if normalize else emb, last_hidden_state=hidden)

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from moca_model.moca_config import ATTENTION_MODES
+from moca_model.moca_config import ATTENTION_MODES, POOLING_MODES
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -65,6 +65,11 @@ class ModelConfig:
     (MoCa's CPT and CL) or ``causal`` (a base model's next-token pre-training, or the paper's causal CL
     ablation). Every checkpoint the stage writes records it in ``moca_config.json``, and every loader
     (``MoCaEncoder``, the vidore/mteb/MMEB adapters) honours it."""
+    pooling: Literal["mean", "last"] = "mean"
+    """How token states become one embedding: ``mean`` over every real token (MoCa, paper and reference) or
+    ``last``, the last real token's state (what the reference pools when attention is causal, as in the
+    paper's causal CL-only baseline; VLM2Vec-style). Recorded in every checkpoint's ``moca_config.json``;
+    every loader honours it."""
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = None
     """Attention backend; None picks flash_attention_2 on CUDA when installed, else sdpa."""
     gradient_checkpointing: bool = False
@@ -83,6 +88,8 @@ class ModelConfig:
         _check(self.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
         modes = ATTENTION_MODES
         _check(self.attention in modes, "model.attention", f"must be one of {modes}, got {self.attention!r}")
+        pools = POOLING_MODES
+        _check(self.pooling in pools, "model.pooling", f"must be one of {pools}, got {self.pooling!r}")
         for name in ("min_pixels", "max_pixels", "max_length"):
             value = getattr(self, name)
             _check(value is None or value > 0, f"model.{name}", f"must be > 0, got {value}")

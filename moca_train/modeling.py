@@ -1,8 +1,8 @@
 """Build the model and processor a training stage starts from, and save them so every loader reads them.
 
-``build_model(cfg.model)`` loads ``MoCaModel`` (mean-pooled, with the attention ``cfg.model.attention``
-names, whatever the checkpoint recorded) from a CPT checkpoint, a released MoCa model or a Qwen2.5-VL
-base (any weight layout ``moca_model.loading`` accepts), puts it in train mode, optionally enables
+``build_model(cfg.model)`` loads ``MoCaModel`` (with the attention and pooling that ``cfg.model.attention``
+and ``cfg.model.pooling`` name, whatever the checkpoint recorded) from a CPT checkpoint, a released MoCa
+model or a Qwen2.5-VL base (any weight layout ``moca_model.loading`` accepts), puts it in train mode, optionally enables
 gradient checkpointing, and optionally wraps it with LoRA adapters (peft) on the text decoder only.
 ``make_save_fn(processor)`` returns the engine's ``save_model_fn``: a plain ``save_pretrained``
 (safetensors) plus ``processor.save_pretrained``, with LoRA merged into the weights first, so
@@ -62,8 +62,8 @@ def build_model(cfg: ModelConfig) -> tuple[torch.nn.Module, MoCaProcessor]:
     if attn is None:
         attn = "flash_attention_2" if torch.cuda.is_available() and _has_flash_attn() else "sdpa"
     model = load_model(path, device=torch.device("cpu"), dtype=getattr(torch, cfg.dtype), attn_implementation=attn,
-                       attention=cfg.attention)  # fmt: skip
-    logger.info("training with %s attention (%s)", model.attention, attn)
+                       attention=cfg.attention, pooling=cfg.pooling)  # fmt: skip
+    logger.info("training with %s attention (%s), %s pooling", model.attention, attn, model.pooling)
     model.train()
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

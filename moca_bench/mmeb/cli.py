@@ -16,7 +16,7 @@ import os
 
 from moca_bench.metrics import TIE_RULES
 from moca_bench.mmeb.config import BENCHMARKS, GRADE_ORDERS, SHORT_CLIPS, MMEBConfig
-from moca_model.moca_config import ATTENTION_MODES
+from moca_model.moca_config import ATTENTION_MODES, POOLING_MODES
 
 _EPILOG = """\
 Results: <output-dir>/<model-name>/mmeb.json (per dataset, meta-task, IND/OOD, overall, counts, ties, bad rows,
@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--attn-implementation", help="sdpa, eager or flash_attention_2 (default flash-attn when installed on CUDA)")
     a("--attention", choices=ATTENTION_MODES,
       help="text attention (default: the checkpoint's moca_config.json, else bidirectional)")
+    a("--pooling", choices=POOLING_MODES,
+      help="mean or last (real token) pooling (default: the checkpoint's moca_config.json, else mean)")
     a("--min-pixels", type=int, help="per-image lower bound (default the checkpoint's, else 256*28*28)")
     a("--max-pixels", type=int, help="per-image upper bound (default the checkpoint's, else 1024*28*28)")
     a("--max-length", type=int, help="token limit after image expansion (default 1280, as the reference)")

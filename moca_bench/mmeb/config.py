@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from moca_bench.metrics import TIE_RULES
 from moca_bench.mmeb.data import HUB_DATASET
-from moca_model.moca_config import check_attention
+from moca_model.moca_config import check_attention, check_pooling
 
 BENCHMARKS = ("v1", "v2")
 SHORT_CLIPS = ("as-saved", "pad")  # moca_model.video.SHORT_CLIP_RULES (not imported: this module stays torch-free)
@@ -80,6 +80,8 @@ class MMEBConfig:
     """sdpa / eager / flash_attention_2 (default: flash_attention_2 when installed on CUDA, else sdpa)."""
     attention: str | None = None
     """bidirectional / causal text attention (default: the checkpoint's moca_config.json, else bidirectional)."""
+    pooling: str | None = None
+    """mean / last (real token) pooling (default: the checkpoint's moca_config.json, else mean)."""
     min_pixels: int | None = None
     """Per-image lower bound in pixels (default: the checkpoint's moca_config.json, else 256*28*28)."""
     max_pixels: int | None = None
@@ -110,6 +112,8 @@ class MMEBConfig:
     def __post_init__(self) -> None:
         if self.attention is not None:
             check_attention(self.attention)
+        if self.pooling is not None:
+            check_pooling(self.pooling)
         if self.tie_rule not in TIE_RULES:
             raise ValueError(f"tie_rule must be one of {TIE_RULES}, got {self.tie_rule!r}")
         for name, allowed in (("benchmark", BENCHMARKS), ("short_clips", SHORT_CLIPS), ("grade_order", GRADE_ORDERS)):

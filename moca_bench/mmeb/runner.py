@@ -56,7 +56,8 @@ def load_encoder(cfg: MMEBConfig, ctx: dist.DistContext):
 
     return MoCaEncoder.from_pretrained(
         cfg.model, device=ctx.device, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation,
-        attention=cfg.attention, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, max_length=cfg.max_length,
+        attention=cfg.attention, pooling=cfg.pooling,
+        min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, max_length=cfg.max_length,
         revision=cfg.revision, processor_name_or_path=cfg.processor,
         video_min_pixels=cfg.video_min_pixels, video_max_pixels=cfg.video_max_pixels,
     )  # fmt: skip
@@ -71,6 +72,7 @@ def encoder_settings(encoder, cfg: MMEBConfig) -> dict:
         "dtype": str(next(model.parameters()).dtype),
         "attn_implementation": getattr(model.config, "_attn_implementation", None),
         "bidirectional": bool(model.bidirectional),  # the runtime attention mode, not the config's
+        "pooling": model.pooling,
         "min_pixels": proc.min_pixels, "max_pixels": proc.max_pixels, "max_length": proc.max_length,
         "processor": cfg.processor, "moca_model": moca_model.__version__,
     }  # fmt: skip

@@ -36,6 +36,10 @@ def test_parse_config_maps_options_to_fields():
         parse_config(["--model", "m", "--tie-rule", "random"])
     cfg, _ = parse_config(["--model", "m", "--attention", "causal", "--save-rows"])
     assert (cfg.attention, cfg.save_rows) == ("causal", True)
+    cfg, _ = parse_config(["--model", "m", "--pooling", "last"])
+    assert cfg.pooling == "last"
+    with pytest.raises(SystemExit):
+        parse_config(["--model", "m", "--pooling", "cls"])
     with pytest.raises(SystemExit):
         parse_config(["--model", "m", "--attention", "sideways"])
     with pytest.raises(ValueError, match="batch_size"):

@@ -238,3 +238,16 @@ def test_mteb_cli_mock_run_resolves_a_local_checkpoint(tiny_dir, tmp_path):
     assert proc.returncode == 0, out[-3000:]
     assert "passed all expected checks" in out
     assert re.search(r"✓ \((\d+)/\1\)\s*\|\s*image", out), out[-1500:]  # every image mock task passed
+
+
+def test_loader_honours_the_checkpoint_pooling_and_the_pooling_kwarg(tiny_dir, tmp_path):
+    import shutil
+
+    from moca_model import moca_config
+
+    last = tmp_path / "last"
+    shutil.copytree(tiny_dir, last)
+    moca_config.update(last, pooling="last")
+    assert MoCaMTEBEncoder("local/last", checkpoint=str(last), device="cpu").model.pooling == "last"
+    forced = MoCaMTEBEncoder("local/last", checkpoint=str(last), device="cpu", pooling="mean")
+    assert forced.model.pooling == "mean"

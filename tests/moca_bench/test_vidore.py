@@ -205,3 +205,16 @@ def test_vidore_evaluator_runs_in_process(retriever):
     }
     metrics = ViDoReEvaluatorBEIR(retriever).evaluate_dataset(ds, batch_query=2, batch_passage=2, batch_score=2)
     assert 0.0 <= metrics["ndcg_at_5"] <= 1.0 and metrics["recall_at_3"] == 1.0
+
+
+def test_pooling_comes_from_the_checkpoint_or_moca_pooling(tiny_dir, tmp_path, monkeypatch):
+    from moca_model import moca_config
+
+    assert MoCaVidoreRetriever(str(tiny_dir), num_workers=0).encoder.model.pooling == "mean"
+    monkeypatch.setenv("MOCA_POOLING", "last")
+    assert MoCaVidoreRetriever(str(tiny_dir), num_workers=0).encoder.model.pooling == "last"
+    monkeypatch.delenv("MOCA_POOLING")
+    last = tmp_path / "last"
+    shutil.copytree(tiny_dir, last)
+    moca_config.update(last, pooling="last")
+    assert MoCaVidoreRetriever(str(last), num_workers=0).encoder.model.pooling == "last"
