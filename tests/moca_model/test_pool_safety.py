@@ -19,23 +19,6 @@ CHILD = Path(__file__).with_name("_pool_child.py")
 EXIT_SECONDS = 60.0  # generous on a loaded 2-core machine; a hang never ends
 
 
-def running(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie counts as ended)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
-def wait_gone(pids: list[int], timeout: float) -> list[int]:
-    """The pids still running after up to ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while any(running(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return [p for p in pids if running(p)]
-
-
 def _start(tiny_dir, mode: str) -> tuple[subprocess.Popen, list[int]]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, str(CHILD), str(tiny_dir), mode], stdout=subprocess.PIPE,
@@ -55,7 +38,7 @@ def _kill_leftovers(proc: subprocess.Popen, pids: list[int]) -> None:
 
 
 @pytest.mark.slow
-def test_ctrl_c_exits_promptly_with_one_traceback(tiny_dir):
+def test_ctrl_c_exits_promptly_with_one_traceback(tiny_dir, wait_gone):
     proc, pids = _start(tiny_dir, "interrupt")
     try:
         assert proc.stdout.readline().strip() == "encoding"
@@ -74,7 +57,7 @@ def test_ctrl_c_exits_promptly_with_one_traceback(tiny_dir):
 
 
 @pytest.mark.slow
-def test_workers_end_when_their_parent_dies(tiny_dir):
+def test_workers_end_when_their_parent_dies(tiny_dir, wait_gone):
     proc, pids = _start(tiny_dir, "die")
     try:
         proc.wait(timeout=EXIT_SECONDS)
@@ -84,7 +67,7 @@ def test_workers_end_when_their_parent_dies(tiny_dir):
         _kill_leftovers(proc, pids)
 
 
-def test_a_dropped_encoder_stops_its_workers(tiny_dir):
+def test_a_dropped_encoder_stops_its_workers(tiny_dir, wait_gone):
     enc = pooled_encoder(tiny_dir)
     pids = [p.pid for p in enc.pool._procs]
     assert enc.encode(["still works"], show_progress=False).shape == (1, enc.dim)
