@@ -154,7 +154,7 @@ def _export(load: Callable, out: Path, *, source, source_dir, dtype, prompts, li
             raise ExportError(f"{source}: {encoder.model.pooling!r} pooling is not exported yet (mean only)")
         expected = st_verify.reference(encoder, prompts) if verify else None
         ref_dtype = str(encoder.model.dtype).removeprefix("torch.")
-        facts = write_model(encoder, tmp, dtype=dtype, source_dir=source_dir)
+        facts = write_model(encoder, tmp, dtype=dtype, source_dir=source_dir, prompts=prompts)
         del encoder
         gc.collect()  # the reference model leaves memory before sentence-transformers loads the copy
         write_processor(tmp)
