@@ -116,7 +116,7 @@ class MoCaEncoder:
             attn_implementation: default flash_attention_2 on CUDA when installed, else sdpa.
             min_pixels: per-image lower bound in pixels (default 256 * 28²).
             max_pixels: per-image upper bound in pixels (default 1024 * 28²).
-            max_length: token limit after image expansion (default 1280).
+            max_length: token limit after image expansion (default 1280; 0: no limit).
             revision: hub revision.
             processor_name_or_path: where the tokenizer comes from when the checkpoint has none
                 (default: the checkpoint, then ``Qwen/Qwen2.5-VL-3B-Instruct``, as the reference does).

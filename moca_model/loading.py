@@ -205,6 +205,18 @@ def _verify_against_file(model: MoCaModel, keys: dict[str, Path], mapping: dict[
             raise MoCaLoadError(f"weight {key!r} differs from the file after loading (key layout not understood)")
 
 
+def processor_source(path: Path, processor_name_or_path: str | Path | None = None) -> Path:
+    """The folder the tokenizer comes from.
+
+    ``processor_name_or_path``, else the checkpoint when it has one, else ``DEFAULT_PROCESSOR`` (as the
+    reference scripts load it).
+    """
+    has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+    if processor_name_or_path is None and has_tokenizer:
+        return path
+    return resolve_checkpoint(processor_name_or_path or DEFAULT_PROCESSOR)
+
+
 def load_processor(path: Path, processor_name_or_path: str | Path | None = None, **settings) -> tuple:
     """The checkpoint's processor, or ``processor_name_or_path``'s when given or when the checkpoint has none.
 
@@ -220,11 +232,7 @@ def load_processor(path: Path, processor_name_or_path: str | Path | None = None,
     """
     from moca_model.processing_moca import MoCaProcessor
 
-    has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
-    if processor_name_or_path is None and has_tokenizer:
-        proc_dir = path
-    else:
-        proc_dir = resolve_checkpoint(processor_name_or_path or DEFAULT_PROCESSOR)
+    proc_dir = processor_source(path, processor_name_or_path)
     settings = {k: v for k, v in settings.items() if v is not None}
     if proc_dir != path:  # the checkpoint's own moca_config.json still wins (its processing keys)
         settings = {**moca_config.processing_settings(path), **settings}

@@ -161,7 +161,7 @@ class MoCaProcessor:
         *,
         min_pixels: int = DEFAULT_MIN_PIXELS,
         max_pixels: int = DEFAULT_MAX_PIXELS,
-        max_length: int | None = DEFAULT_MAX_LENGTH,
+        max_length: int | None = DEFAULT_MAX_LENGTH,  # 0 or None: no truncation
         video_min_pixels: int = DEFAULT_VIDEO_MIN_PIXELS,
         video_max_pixels: int = DEFAULT_VIDEO_MAX_PIXELS,
         image_processor_kwargs: Mapping | None = None,
@@ -170,7 +170,8 @@ class MoCaProcessor:
             if lo > hi:
                 raise ValueError(f"{name}min_pixels ({lo}) must be <= {name}max_pixels ({hi})")
         self.tokenizer = tokenizer
-        self.min_pixels, self.max_pixels, self.max_length = min_pixels, max_pixels, max_length
+        self.min_pixels, self.max_pixels = min_pixels, max_pixels
+        self.max_length = max_length or None  # 0 or None: no limit
         self.video_min_pixels, self.video_max_pixels = video_min_pixels, video_max_pixels
         keep = ("patch_size", "temporal_patch_size", "merge_size", "image_mean", "image_std")
         kwargs = {k: v for k, v in (image_processor_kwargs or {}).items() if k in keep}

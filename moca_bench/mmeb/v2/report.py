@@ -40,42 +40,59 @@ def aggregate_v2(scores: Mapping[str, float | None]) -> dict:
     return {"meta_tasks": metas, "modalities": mods, "overall": agg(t.SCORED)}
 
 
-def _cell(agg: Mapping) -> str:
+def _cell(agg: Mapping, other: Mapping | None = None, order: str = "") -> str:
     cell = _fmt(agg["score"])
+    if other is not None and other["score"] != agg["score"]:  # graded tasks under the other grade order
+        cell += f" ({order} grade order {_fmt(other['score'])})"
     return cell if agg["complete"] or agg["score"] is None else f"{cell} ({agg['n_datasets']}/{agg['n_expected']})"
+
+
+def _score_cell(d: Mapping, order: str) -> str:
+    """A task's score; for a graded-qrels task also its score under the other grade order, always."""
+    other = d.get(f"score_{order}_grade_order", "absent")
+    return _fmt(d["score"]) if other == "absent" else f"{_fmt(d['score'])} ({order} grade order {_fmt(other)})"
 
 
 def markdown_v2(report: Mapping, published: Mapping) -> str:
     """Markdown: one row per task of the run, then meta-task, modality and overall rows, then counts."""
     labels = list(published)
     me = report["model"]["name"]
+    other = "reference" if report["grade_order"] == "correct" else "correct"
+    other_aggs = report.get(f"aggregates_{other}_grade_order") or {}
     header = ["task", "modality", "meta-task", "metric", me, *labels]
     lines = [f"# MMEB-V2: {me}", "",
              "Percent; hit@1 for image and video, linear nDCG@5 for visual documents; "
              f"tie rule `{report['tie_rule']}`; "
              f"{report['settings']['num_frames']} frames per video; graded nDCG with the `{report['grade_order']}` "
-             "grade order. Aggregates are plain means over datasets (overall: over all 78); `(k/n)` marks an "
-             "aggregate over k of its n datasets. Published numbers: sources in `results/published/mmeb_v2.json`.",
+             f"grade order, the `{other}` order's score beside it for the graded-qrels tasks and every aggregate "
+             "it moves (the reference's `evaluate()` permutes grades; docs/mmeb.md). Aggregates are plain means "
+             "over datasets (overall: over all 78); `(k/n)` marks an aggregate over k of its n datasets. "
+             "Published numbers: sources in `results/published/mmeb_v2.json`.",
              "", _row(header), "|" + "---|" * len(header)]  # fmt: skip
     for name, d in report["datasets"].items():
         pub = [_fmt(published[m].get("datasets", {}).get(name)) for m in labels]
         extra = "" if d["scored_in_v2"] else " (extra)"
-        lines.append(_row([name + extra, d["modality"], d["meta_task"], d["metric"], _fmt(d["score"]), *pub]))
+        lines.append(_row([name + extra, d["modality"], d["meta_task"], d["metric"], _score_cell(d, other), *pub]))
     aggs = report["aggregates"]
     for key, agg in aggs["meta_tasks"].items():
         if agg["n_datasets"]:
             pub = [_fmt(published[m].get("meta_tasks", {}).get(key)) for m in labels]
-            lines.append(_row([f"**{key}**", "", "", "", f"**{_cell(agg)}**", *pub]))
+            cell = _cell(agg, other_aggs.get("meta_tasks", {}).get(key), other)
+            lines.append(_row([f"**{key}**", "", "", "", f"**{cell}**", *pub]))
     for key, agg in aggs["modalities"].items():
         pub = [_fmt(published[m].get("modalities", {}).get(key)) for m in labels]
-        lines.append(_row([f"**{key}**", "", "", "", f"**{_cell(agg)}**", *pub]))
+        cell = _cell(agg, other_aggs.get("modalities", {}).get(key), other)
+        lines.append(_row([f"**{key}**", "", "", "", f"**{cell}**", *pub]))
     pub = [_fmt(published[m].get("overall")) for m in labels]
-    lines.append(_row(["**overall (78)**", "", "", "", f"**{_cell(aggs['overall'])}**", *pub]))
+    cell = _cell(aggs["overall"], other_aggs.get("overall"), other)
+    lines.append(_row(["**overall (78)**", "", "", "", f"**{cell}**", *pub]))
     s = report["totals"]
     lines += ["", f"{s['rows']} rows ({s['bad_rows']} skipped as bad, {s['dropped_rows']} dropped by the parser, "
               f"{s['tied_rows']} decided by the tie rule); {s['unique_items']} unique inputs, {s['encoded_items']} "
-              f"encoded in this run ({s['reference_forward_passes']} forward passes in the reference harness).",
-              ""]  # fmt: skip
+              f"encoded in this run ({s['reference_forward_passes']} forward passes in the reference harness); "
+              f"{s.get('truncated_items', 0)} inputs cut at max_length={report['settings'].get('max_length')} "
+              f"({s.get('truncated_rows', 0)} rows touched); {s.get('text_only_videos', 0)} videos read as text "
+              "only (empty frame folder).", ""]  # fmt: skip
     return "\n".join(lines)
 
 
