@@ -19,6 +19,9 @@ $(VENV)/.installed: pyproject.toml constraints/venv.txt
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP) torch==2.13.0
 	$(VENV)/bin/pip install $(PIP) -c constraints/venv.txt -e ".[vidore,train,mmeb,dev]"
+	# DeepSpeed (sdist only): built against the torch above (no build isolation, so no second torch is fetched),
+	# without compiled ops (the torch optimizer path and gloo collectives need none); README "Training"
+	DS_BUILD_OPS=0 $(VENV)/bin/pip install $(PIP) --no-build-isolation -c constraints/venv.txt "deepspeed==0.19.8"
 	$(VENV)/bin/python -m compileall -q plugins/moca_plugins  # the .pth hook runs at every start: never recompile it
 	touch $@
 

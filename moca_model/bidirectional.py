@@ -1,6 +1,8 @@
-"""The only code that turns Qwen2.5-VL's causal text decoder into a bidirectional one.
+"""The only code that turns a Qwen-VL causal text decoder into a bidirectional one.
 
-Supported: transformers >= 4.52, < 6 (checked by :func:`moca_model.compat.check_transformers_version`).
+Supported: transformers >= 4.52, < 6 (checked by :func:`moca_model.compat.check_transformers_version`), on
+every backbone of :mod:`moca_model.backbones` (Qwen2-VL, Qwen2.5-VL, Qwen3-VL): one mechanism for both
+transformers lines and all three, tested per backbone (``tests/moca_model/test_backbones.py``).
 
 MoCa's reference code vendors transformers 4.50's modeling file and flips three things (moca-method.md
 §1.1). On the stock class the same effect needs two steps, because each attention backend decides
@@ -20,7 +22,9 @@ Both steps are idempotent. The vision tower is already non-causal and is not tou
 Fast path (:func:`decoder_mask`): a batch without padding needs no mask at all. SDPA and eager then get
 ``None`` per layer (a ``{layer type: None}`` mapping, which the text decoder uses as given, so no causal
 mask is built), and SDPA, seeing no mask and ``is_causal=False``, may pick its fused kernels
-(flash / memory-efficient). The embeddings are the same (tests: <= 1e-6).
+(flash / memory-efficient). The embeddings are the same (tests: <= 1e-6). Qwen3-VL's text model always
+builds its mask (it has no mapping pass-through), so it never takes the fast path
+(``MoCaQwen3VLModel.supports_unpadded_fast_path``): unpadded Qwen3-VL batches get the all-real 4-D mask.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ def set_causal(language_model: torch.nn.Module, causal: bool) -> None:
     """Set ``is_causal`` on every text self-attention module (idempotent).
 
     Args:
-        language_model: ``Qwen2_5_VLModel.language_model`` (the text decoder).
+        language_model: the base model's ``language_model`` (the text decoder).
         causal: False for MoCa's bidirectional attention.
     """
     for layer in language_model.layers:

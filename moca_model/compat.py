@@ -56,10 +56,15 @@ def rope_index(
     image_token_id: int,
     video_grid_thw: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """3-D mRoPE positions of a batch, as Qwen2.5-VL computes them over attended tokens.
+    """3-D mRoPE positions of a batch, as the backbone computes them over attended tokens.
+
+    Images: the backbone's own ``get_rope_index`` (the same on both transformers lines). Videos: the 4.x rule
+    of :func:`video_rope_index` on both lines: Qwen2-VL advances time by one per temporal patch (no
+    ``tokens_per_second``), Qwen2.5-VL by ``tokens_per_second`` per second, Qwen3-VL not at all (its
+    video is one single-step grid per temporal patch, separated by timestamp text, as upstream splits it).
 
     Args:
-        model: a ``Qwen2_5_VLModel`` (owns ``get_rope_index`` and the config).
+        model: a Qwen-VL base model (owns ``get_rope_index`` and the config).
         input_ids: (B, T) token ids.
         attention_mask: (B, T) 1 on real tokens, 0 on padding.
         image_grid_thw: (I, 3) grid of every image in row-major batch order, or None.
@@ -71,10 +76,12 @@ def rope_index(
     """
     if video_grid_thw is not None:
         cfg = model.config
+        if cfg.model_type == "qwen3_vl":  # one single-step grid per temporal patch, each after its timestamp
+            video_grid_thw = split_video_grids(video_grid_thw)
         return video_rope_index(
             input_ids, attention_mask, image_grid_thw, video_grid_thw, image_token_id=image_token_id,
             video_token_id=cfg.video_token_id, merge_size=cfg.vision_config.spatial_merge_size,
-            tokens_per_second=cfg.vision_config.tokens_per_second,
+            tokens_per_second=getattr(cfg.vision_config, "tokens_per_second", 1.0),
         )  # fmt: skip
     if TRANSFORMERS_MAJOR >= 5:
         mm_token_type_ids = (input_ids == image_token_id).int()
@@ -84,6 +91,41 @@ def rope_index(
     else:
         pos, _ = model.get_rope_index(input_ids, image_grid_thw, None, attention_mask=attention_mask)
     return pos
+
+
+def config_dict_for_this_line(config: dict) -> dict:
+    """A ``config.json`` dict this transformers line can parse (a copy when something had to change).
+
+    transformers 5 writes ``rope_parameters`` (theta included) where 4.x reads ``rope_scaling`` +
+    ``rope_theta``; 4.x's Qwen3-VL text model fails on a config without ``rope_scaling``. On 4.x such a
+    ``text_config`` (or flat config) is translated back; 5.x reads both forms itself.
+    """
+    if TRANSFORMERS_MAJOR >= 5:
+        return config
+
+    def fix(section: dict) -> dict:
+        rope = section.get("rope_parameters")
+        if not isinstance(rope, dict) or section.get("rope_scaling") is not None:
+            return section
+        scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
+        out = {**section, "rope_scaling": scaling}
+        if "rope_theta" in rope:
+            out["rope_theta"] = rope["rope_theta"]
+        return out
+
+    fixed = fix(config)
+    if isinstance(config.get("text_config"), dict):
+        fixed = {**fixed, "text_config": fix(config["text_config"])}
+    return fixed
+
+
+def split_video_grids(video_grid_thw: torch.Tensor) -> torch.Tensor:
+    """Qwen3-VL's view of videos: (V, 3) grids -> (sum t, 3) grids of one temporal patch each, in order."""
+    import torch
+
+    grids = torch.repeat_interleave(video_grid_thw, video_grid_thw[:, 0], dim=0)
+    grids[:, 0] = 1
+    return grids
 
 
 def pil_image_processor_class():

@@ -142,7 +142,7 @@ class MoCaEncoder:
         path = resolve_checkpoint(name_or_path, revision=revision)
         pixels = {"min_pixels": min_pixels, "max_pixels": max_pixels, "max_length": max_length,
                   "video_min_pixels": video_min_pixels, "video_max_pixels": video_max_pixels}  # fmt: skip
-        processor, proc_dir = load_processor(path, processor_name_or_path, **pixels)
+        processor, proc_dir = load_processor(path, processor_name_or_path, attention=attention, **pixels)
         directory = None if cache_dir is None else Path(cache_dir).expanduser() / CACHE_SUBDIR
         cache = EmbeddingCache(memory_mb=cache_memory_mb, directory=directory)
         checkpoint = checkpoint_fingerprint(path, proc_dir)
@@ -338,7 +338,7 @@ def vector_settings(model, processor: MoCaProcessor) -> dict:
     """Everything besides the weights that changes a model's vectors (part of every cache identity)."""
     ip, proc = processor.image_processor, processor
     return {
-        "dtype": str(next(model.parameters()).dtype),
+        "backbone": model.backbone, "dtype": str(next(model.parameters()).dtype),
         "attn_implementation": model.attn_implementation,
         "bidirectional": bool(model.bidirectional), "pooling": model.pooling,
         "min_pixels": proc.min_pixels, "max_pixels": proc.max_pixels, "max_length": proc.max_length,

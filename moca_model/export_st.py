@@ -1,12 +1,14 @@
 r"""``python -m moca_model.export_st CHECKPOINT OUT_DIR``: MoCa as a sentence-transformers model folder.
 
 ``SentenceTransformer(OUT_DIR)`` then loads offline with sentence-transformers' own modules
-(``Transformer`` -> ``Pooling("mean")`` -> ``Normalize``), no ``trust_remote_code`` and no code in the
-folder, and gives MoCaEncoder's embeddings. Each MoCa-specific behaviour is configuration:
+(``Transformer`` -> ``Pooling`` (``mean``; ``lasttoken`` for ``pooling: last``) -> ``Normalize``), no
+``trust_remote_code`` and no code in the folder, and gives MoCaEncoder's embeddings. Each MoCa-specific
+behaviour is configuration:
 
-- weights: MoCaModel's, in the base ``Qwen2_5_VLModel`` layout (from any source layout), in the checkpoint's
-  dtype; ``text_config.is_causal`` records the attention mode (false for MoCa: transformers >= 5.2 then
-  builds a padding-only mask and passes ``is_causal=False`` to SDPA, eager and flash attention alike);
+- weights: the MoCa model's, in its backbone's stock base-model layout (``Qwen2_5_VLModel``, ``Qwen2VLModel``
+  or ``Qwen3VLModel``; from any source layout), in the checkpoint's dtype; ``text_config.is_causal``
+  records the attention mode (false for MoCa: transformers >= 5.2 then builds a padding-only mask and
+  passes ``is_causal=False`` to SDPA, eager and flash attention alike);
 - input layout: the chat template of :mod:`moca_model.st.layout` (images first, prompt, text; no markup);
 - images: transformers' PIL image processor (``processor_kwargs: {"use_fast": false}``), MoCa's pixel bounds;
 - truncation: the tokenizer's ``model_max_length`` is MoCa's ``max_length``.
@@ -150,15 +152,13 @@ def _export(load: Callable, out: Path, *, source, source_dir, dtype, prompts, li
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         encoder = load()
-        if encoder.model.pooling != "mean":  # the folder's Pooling module is written for mean pooling
-            raise ExportError(f"{source}: {encoder.model.pooling!r} pooling is not exported yet (mean only)")
         expected = st_verify.reference(encoder, prompts) if verify else None
         ref_dtype = str(encoder.model.dtype).removeprefix("torch.")
         facts = write_model(encoder, tmp, dtype=dtype, source_dir=source_dir, prompts=prompts)
         del encoder
         gc.collect()  # the reference model leaves memory before sentence-transformers loads the copy
-        write_processor(tmp)
-        write_st_config(tmp, prompts, facts["dim"])
+        write_processor(tmp, facts["backbone"])
+        write_st_config(tmp, prompts, facts["dim"], facts["pooling"])
         card = CardFacts(name=out.name, source=source, license=license, prompts=prompts, dtype=dtype,
                          versions=_versions(), **facts)  # fmt: skip
         (tmp / "README.md").write_text(model_card(card))

@@ -8,7 +8,8 @@
   8 bits from their actual value range first, because PIL's plain ``convert`` clips them to white.
   Alpha is dropped by ``convert("RGB")``, as the reference pipeline does; a palette image takes its
   colours from its palette.
-- Sides under 28 px are stretched to 28 px (the reference does the same, moca-method.md §1.4).
+- Sides under one merged visual token (28 px; 32 px on Qwen3-VL: ``min_side``) are stretched to it (the
+  reference does the same at 28 px, moca-method.md §1.4).
 - Qwen's ``smart_resize`` rejects aspect ratios over 200: such images are padded with white on the
   short side up to ratio 200 (content is kept; a warning names the item).
 
@@ -76,20 +77,21 @@ def open_image(source, index: int) -> Image.Image:
     raise MoCaInputError(f"item {index}: unsupported image type {type(source).__name__}; use PIL, path or bytes")
 
 
-def to_rgb(image: Image.Image, index: int) -> Image.Image:
+def to_rgb(image: Image.Image, index: int, *, min_side: int = MIN_SIDE) -> Image.Image:
     """Decode, turn upright (EXIF) and convert to 8-bit RGB, then apply the small-side and aspect fixes.
 
     Args:
         image: an opened PIL image.
         index: item index for messages.
+        min_side: shorter sides are stretched to this (the backbone's pixels per merged token).
 
     Returns:
-        An RGB image whose sides are >= 28 px and whose aspect ratio is <= 200.
+        An RGB image whose sides are >= ``min_side`` px and whose aspect ratio is <= 200.
 
     Raises:
         MoCaInputError: truncated or corrupt data.
     """
-    return fit_for_qwen(upright_rgb(image, index), index)
+    return fit_for_qwen(upright_rgb(image, index), index, min_side=min_side)
 
 
 def upright_rgb(image: Image.Image, index: int) -> Image.Image:
@@ -152,20 +154,20 @@ def image_key(source, index: int = 0) -> str:
     raise MoCaInputError(f"item {index}: unsupported image type {type(source).__name__}; use PIL, path or bytes")
 
 
-def _target_sizes(w: int, h: int) -> tuple[tuple[int, int], tuple[int, int]]:
+def _target_sizes(w: int, h: int, min_side: int = MIN_SIDE) -> tuple[tuple[int, int], tuple[int, int]]:
     """((w, h) after stretching small sides, (w, h) after padding to the aspect limit).
 
     One rule for :func:`fit_for_qwen` and :func:`fitted_size`, so length estimates match what is encoded.
     """
-    w, h = max(w, MIN_SIDE), max(h, MIN_SIDE)
+    w, h = max(w, min_side), max(h, min_side)
     if max(w, h) / min(w, h) <= MAX_ASPECT:
         return (w, h), (w, h)
     return (w, h), ((w, -(-w // MAX_ASPECT)) if w > h else (-(-h // MAX_ASPECT), h))
 
 
-def fit_for_qwen(image: Image.Image, index: int) -> Image.Image:
-    """Stretch sides under 28 px to 28 px; pad extreme aspect ratios to 200 with white."""
-    (w, h), (new_w, new_h) = _target_sizes(*image.size)
+def fit_for_qwen(image: Image.Image, index: int, *, min_side: int = MIN_SIDE) -> Image.Image:
+    """Stretch sides under ``min_side`` px to it; pad extreme aspect ratios to 200 with white."""
+    (w, h), (new_w, new_h) = _target_sizes(*image.size, min_side)
     if (w, h) != image.size:
         image = image.resize((w, h), Image.Resampling.BICUBIC)
     if (new_w, new_h) != (w, h):
@@ -178,12 +180,12 @@ def fit_for_qwen(image: Image.Image, index: int) -> Image.Image:
     return image
 
 
-def fitted_size(image: Image.Image) -> tuple[int, int]:
+def fitted_size(image: Image.Image, *, min_side: int = MIN_SIDE) -> tuple[int, int]:
     """(height, width) that :func:`to_rgb` will produce, from the header only (size and EXIF orientation)."""
     w, h = image.size
     if _orientation(image) in (5, 6, 7, 8):  # a quarter turn swaps the sides
         w, h = h, w
-    _, (w, h) = _target_sizes(w, h)
+    _, (w, h) = _target_sizes(w, h, min_side)
     return h, w
 
 

@@ -1,6 +1,8 @@
 """Loading MoCa checkpoints: the only ``from_pretrained`` call site for the model.
 
-Three weight layouts are accepted and normalised to ``MoCaModel``'s (``language_model.*``, ``visual.*``):
+The model class is the checkpoint's backbone's (:mod:`moca_model.backbones`: ``moca_config.json``
+``backbone``, else ``config.json`` ``model_type``). Three weight layouts are accepted and normalised to the
+base model's (``language_model.*``, ``visual.*``):
 
 - legacy, as released (transformers <= 4.51 ``Qwen2_5_VLForConditionalGeneration``):
   ``model.layers.*``, ``model.embed_tokens.*``, ``model.norm.*``, ``visual.*``, ``lm_head.*``;
@@ -23,15 +25,15 @@ from pathlib import Path
 
 import torch
 
-from moca_model import moca_config
-from moca_model.modeling_moca import MoCaModel
+from moca_model import backbones, moca_config
+from moca_model.compat import config_dict_for_this_line
+from moca_model.modeling_moca import MoCaMixin
 
 logger = logging.getLogger(__name__)
 
 # Applied in order, first match wins (transformers' ``key_mapping`` semantics).
 _IGNORED_PREFIXES = ("lm_head.", "mae_")
 _HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
-DEFAULT_PROCESSOR = "Qwen/Qwen2.5-VL-3B-Instruct"  # what the reference scripts load the processor from
 
 
 class MoCaLoadError(RuntimeError):
@@ -39,7 +41,7 @@ class MoCaLoadError(RuntimeError):
 
 
 def key_mapping_for(keys) -> dict[str, str]:
-    """The minimal renaming from a checkpoint's key layout to ``MoCaModel``'s (empty if already native).
+    """The minimal renaming from a checkpoint's key layout to the base model's (empty if already native).
 
     Minimal on purpose: transformers 5 reverses the mapping a model was loaded with when it saves, so
     a model loaded from the legacy layout saves in the legacy layout, and one loaded from the base
@@ -67,7 +69,7 @@ def key_mapping_for(keys) -> dict[str, str]:
 
 
 def map_key(key: str, mapping: dict[str, str]) -> str:
-    """Checkpoint key -> ``MoCaModel`` parameter name under ``mapping`` (first matching pattern)."""
+    """Checkpoint key -> base-model parameter name under ``mapping`` (first matching pattern)."""
     for pattern, replacement in mapping.items():
         new, n = re.subn(pattern, replacement, key)
         if n:
@@ -133,8 +135,9 @@ def load_model(
     attn_implementation: str,
     attention: str | None = None,
     pooling: str | None = None,
-) -> MoCaModel:
-    """Load ``MoCaModel`` from a local checkpoint directory in any supported layout.
+    backbone: str | None = None,
+) -> MoCaMixin:
+    """Load the checkpoint's MoCa model (its backbone's class) from a local directory in any supported layout.
 
     Args:
         path: directory with ``config.json`` and ``*.safetensors``.
@@ -145,24 +148,31 @@ def load_model(
             (bidirectional when it records none, as every released MoCa checkpoint).
         pooling: ``mean`` or ``last``; None uses the checkpoint's ``moca_config.json`` (mean when it
             records none).
+        backbone: the backbone the caller expects (None: whatever the checkpoint is, see
+            :func:`moca_model.moca_config.backbone`); a mismatch is an error.
 
     Returns:
         The model in eval mode, its ``bidirectional`` and ``pooling`` attributes set accordingly.
 
     Raises:
-        MoCaLoadError: no safetensors, missing weights, weights that differ from the file, or an unknown
-            attention or pooling mode.
+        MoCaLoadError: no safetensors, missing weights, weights that differ from the file, an unknown
+            attention or pooling mode, or an unsupported backbone (names it and the supported ones).
     """
     try:
         mode = moca_config.check_attention(attention) if attention is not None else moca_config.attention(path)
         pooling = moca_config.check_pooling(pooling) if pooling is not None else moca_config.pooling(path)
+        found = moca_config.backbone(path, attention=mode)
     except ValueError as exc:
         raise MoCaLoadError(str(exc)) from None
+    if backbone is not None and backbone != found:
+        raise MoCaLoadError(f"{str(path)!r} is a {found} checkpoint, not {backbone} (model.backbone / backbone=)")
+    model_class = backbones.model_class(found)
     keys = checkpoint_keys(path)
     mapping = key_mapping_for(keys)
     try:
-        model, info = MoCaModel.from_pretrained(
+        model, info = model_class.from_pretrained(
             path,
+            config=portable_config(path, found),
             key_mapping=mapping or None,
             output_loading_info=True,
             dtype=dtype,
@@ -182,14 +192,15 @@ def load_model(
     unexpected = sorted(k for k in keys if map_key(k, mapping) not in params)
     others = [k for k in unexpected if not k.startswith(_IGNORED_PREFIXES)]
     if others:
-        logger.warning("ignored %d checkpoint tensors not used by MoCaModel, e.g. %s", len(others), others[:3])
+        logger.warning("ignored %d checkpoint tensors not used by %s, e.g. %s", len(others), model_class.__name__,
+                       others[:3])  # fmt: skip
     _verify_against_file(model, keys, mapping)
     model.set_attention(mode)
     model.set_pooling(pooling)
     return model.to(device).eval()
 
 
-def _verify_against_file(model: MoCaModel, keys: dict[str, Path], mapping: dict[str, str]) -> None:
+def _verify_against_file(model: MoCaMixin, keys: dict[str, Path], mapping: dict[str, str]) -> None:
     """Compare the first text and vision tensors with the file: catches silent layout mismatches."""
     from safetensors import safe_open
 
@@ -205,38 +216,81 @@ def _verify_against_file(model: MoCaModel, keys: dict[str, Path], mapping: dict[
             raise MoCaLoadError(f"weight {key!r} differs from the file after loading (key layout not understood)")
 
 
-def processor_source(path: Path, processor_name_or_path: str | Path | None = None) -> Path:
+def processor_source(path: Path, processor_name_or_path: str | Path | None = None, *,
+                     attention: str | None = None) -> Path:  # fmt: skip
     """The folder the tokenizer comes from.
 
-    ``processor_name_or_path``, else the checkpoint when it has one, else ``DEFAULT_PROCESSOR`` (as the
-    reference scripts load it).
+    ``processor_name_or_path``, else the checkpoint when it has one, else the backbone's default processor (as
+    the reference scripts load it).
+
+    Raises:
+        MoCaLoadError: the checkpoint's backbone cannot be determined.
     """
     has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
     if processor_name_or_path is None and has_tokenizer:
         return path
-    return resolve_checkpoint(processor_name_or_path or DEFAULT_PROCESSOR)
+    if processor_name_or_path is not None:
+        return resolve_checkpoint(processor_name_or_path)
+    try:
+        backbone = moca_config.backbone(path, attention=attention or moca_config.attention(path))
+    except ValueError as exc:
+        raise MoCaLoadError(str(exc)) from None
+    return resolve_checkpoint(backbones.get(backbone).default_processor)
 
 
-def load_processor(path: Path, processor_name_or_path: str | Path | None = None, **settings) -> tuple:
+def load_processor(
+    path: Path, processor_name_or_path: str | Path | None = None, *, attention: str | None = None, **settings
+) -> tuple:
     """The checkpoint's processor, or ``processor_name_or_path``'s when given or when the checkpoint has none.
 
     Args:
-        path: the resolved checkpoint folder.
-        processor_name_or_path: tokenizer source (default: the checkpoint, then ``DEFAULT_PROCESSOR``, as
-            the reference scripts load it).
+        path: the resolved checkpoint folder; its backbone decides the processor's (the tokenizer folder's
+            ``preprocessor_config.json`` only supplies geometry and normalisation, checked against it).
+        processor_name_or_path: tokenizer source (default: the checkpoint, then the backbone's base model
+            (``Qwen/Qwen2.5-VL-3B-Instruct`` for Qwen2.5-VL, as the reference scripts load it)).
+        attention: the attention the model will run with (None: the checkpoint's), for the backbone check.
         **settings: ``min_pixels``, ``max_pixels``, ``max_length`` overrides (None: the checkpoint's
             ``moca_config.json``, then the paper's values).
 
     Returns:
         ``(MoCaProcessor, the folder the tokenizer came from)``.
+
+    Raises:
+        MoCaLoadError: an unsupported backbone, or a processor whose patch geometry is another backbone's.
     """
     from moca_model.processing_moca import MoCaProcessor
 
-    proc_dir = processor_source(path, processor_name_or_path)
+    try:
+        backbone = moca_config.backbone(path, attention=attention or moca_config.attention(path))
+    except ValueError as exc:
+        raise MoCaLoadError(str(exc)) from None
+    spec = backbones.get(backbone)
+    proc_dir = processor_source(path, processor_name_or_path, attention=attention)
     settings = {k: v for k, v in settings.items() if v is not None}
     if proc_dir != path:  # the checkpoint's own moca_config.json still wins (its processing keys)
         settings = {**moca_config.processing_settings(path), **settings}
-    return MoCaProcessor.from_pretrained(proc_dir, **settings), proc_dir
+    processor = MoCaProcessor.from_pretrained(proc_dir, backbone=backbone, **settings)
+    if processor.image_processor.patch_size != spec.patch_size:
+        raise MoCaLoadError(
+            f"the processor from {str(proc_dir)!r} cuts {processor.image_processor.patch_size}-px patches but the "
+            f"{backbone} checkpoint {str(path)!r} needs {spec.patch_size}-px ones; pass processor_name_or_path= "
+            f"a {backbone} processor (e.g. {spec.default_processor})"
+        )
+    return processor, proc_dir
+
+
+def portable_config(path: Path, backbone: str):
+    """None (let transformers read ``config.json``), or the config translated for this transformers line.
+
+    A Qwen3-VL config written by transformers 5 (``rope_parameters``) fails to parse on 4.x, which reads
+    ``rope_scaling``: it is translated (:func:`moca_model.compat.config_dict_for_this_line`), so a checkpoint
+    trained in one environment loads in the other.
+    """
+    data = read_config(path)
+    fixed = config_dict_for_this_line(data)
+    if fixed == data:
+        return None
+    return backbones.model_class(backbone).config_class.from_dict(fixed)
 
 
 def read_config(path: Path) -> dict:

@@ -12,6 +12,10 @@ Keys (all optional):
   token, what the reference pools when attention is causal and what causal embedders such as VLM2Vec use).
   Absent means mean, as in every released MoCa checkpoint. Recorded and read like ``attention``.
 
+- ``backbone``: ``"qwen2_vl"``, ``"qwen2_5_vl"`` or ``"qwen3_vl"`` (:mod:`moca_model.backbones`). Absent means
+  the backbone of ``config.json``'s ``model_type`` (so every released MoCa checkpoint is ``qwen2_5_vl``).
+  Recorded by ``save_pretrained`` and by ``MoCaProcessor.save_pretrained``.
+
 Other keys are kept on update and ignored on read, so newer checkpoints still load.
 """
 
@@ -94,6 +98,44 @@ def pooling(directory: str | Path) -> str:
         return check_pooling(value)
     except ValueError as exc:
         raise ValueError(f"{Path(directory) / FILE}: {exc}") from None
+
+
+def model_type(directory: str | Path) -> str | None:
+    """``config.json``'s ``model_type`` in ``directory`` (None without a config.json).
+
+    Raises:
+        ValueError: a config.json that is not a JSON object (names the file).
+    """
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data.get("model_type")
+
+
+def backbone(directory: str | Path, *, attention: str = DEFAULT_ATTENTION) -> str:
+    """The checkpoint's backbone: the recorded ``backbone``, else the one of ``config.json``'s ``model_type``,
+    else ``qwen2_5_vl`` (a folder with neither, such as a bare tokenizer folder).
+
+    Args:
+        directory: the checkpoint folder.
+        attention: the mode it will run in (refusals of linear-attention hybrids give the reason).
+
+    Raises:
+        moca_model.backbones.UnsupportedBackboneError: an unknown recorded backbone or model type (a
+            ``ValueError``; names the file, the value and the supported backbones).
+    """  # noqa: D205
+    from moca_model import backbones
+
+    recorded = read(directory).get("backbone")
+    if recorded is not None:
+        try:
+            return backbones.check_backbone(recorded)
+        except ValueError as exc:
+            raise backbones.UnsupportedBackboneError(f"{Path(directory) / FILE}: {exc}") from None
+    return backbones.from_model_type(model_type(directory), attention=attention, source=str(directory))
 
 
 def update(directory: str | Path, **values) -> None:

@@ -86,11 +86,18 @@ def patchify(
 
 
 @functools.lru_cache(maxsize=8)
-def _lookup_table(mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+def _lookup_table(mean: tuple[float, ...], std: tuple[float, ...], fused: bool = False) -> torch.Tensor:
     """(3 * 256,) float32: every uint8 value of every channel through the processor's exact arithmetic.
 
-    Rescale is computed in float64 then cast to float32, and normalisation in float32, as upstream.
+    PIL processors: rescale in float64 then cast to float32, normalisation in float32. ``fused``: the
+    torchvision processors' ``(v - mean / rescale) / (std / rescale)`` in float32 (Qwen3-VL's video path).
     """
+    if fused:
+        scale = 1.0 / (1 / 255)  # transformers: mean * (1.0 / rescale_factor)
+        m = torch.tensor(mean, dtype=torch.float32) * scale
+        s = torch.tensor(std, dtype=torch.float32) * scale
+        v = torch.arange(256, dtype=torch.float32)[None, :]  # (1, 256)
+        return ((v - m[:, None]) / s[:, None]).reshape(-1)
     values = (np.arange(256, dtype=np.float64) * (1 / 255)).astype(np.float32)[None, :]  # (1, 256)
     table = (values - np.asarray(mean, dtype=np.float32)[:, None]) / np.asarray(std, dtype=np.float32)[:, None]
     return torch.from_numpy(table.astype(np.float32).reshape(-1))

@@ -1,4 +1,4 @@
-"""Offline builders for tiny random MoCa models: config, tokenizer, image processor, checkpoint.
+"""Offline builders for tiny random MoCa models of every backbone: config, tokenizer, image processor, checkpoint.
 
 Used by ``python -m moca_model.tiny``, by the test suites of every package and by the benchmarks
 (the way mteb ships ``mteb/mocks``). Nothing here touches a hub.
@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from moca_model.backbones import DEFAULT_BACKBONE
+
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig
+    from transformers import PretrainedConfig, PreTrainedTokenizerFast
 
 # Qwen2.5-VL's added tokens, in the order of their real ids (151643 ...).
 QWEN_SPECIAL_TOKENS = (
@@ -78,22 +80,36 @@ def tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
 
 
 def tiny_config(
-    tokenizer: PreTrainedTokenizerFast, *, hidden: int = 64, layers: int = 2, vision_depth: int = 2
-) -> Qwen2_5_VLConfig:
-    """A tiny Qwen2.5-VL config (4 heads / 2 KV heads, FFN 4x, vision hidden 64).
+    tokenizer: PreTrainedTokenizerFast,
+    *,
+    hidden: int = 64,
+    layers: int = 2,
+    vision_depth: int = 2,
+    backbone: str = DEFAULT_BACKBONE,
+) -> PretrainedConfig:
+    """A tiny config of ``backbone`` (4 heads / 2 KV heads, FFN 4x, vision hidden 64).
 
     Args:
         tokenizer: the tokenizer whose special-token ids the config must record.
         hidden: text hidden size (head_dim is hidden / 4).
         layers: number of text decoder layers.
-        vision_depth: number of ViT blocks; the last one uses full attention.
+        vision_depth: number of ViT blocks (Qwen2.5-VL: the last one uses full attention; Qwen3-VL:
+            DeepStack taps the first ``min(3, depth, layers)``).
+        backbone: ``qwen2_vl``, ``qwen2_5_vl`` or ``qwen3_vl``.
 
     Returns:
-        A ``Qwen2_5_VLConfig`` with patch 14, merge 2, temporal patch 2 (so 1176 values per patch row).
+        The backbone's config class, with its real patch geometry (14 or 16 px, merge 2, temporal patch 2).
     """
     vision = {"depth": vision_depth, "hidden_size": 64, "intermediate_size": 128, "num_heads": 4}
     return random_config(
-        tokenizer, hidden=hidden, layers=layers, heads=4, kv_heads=2, intermediate=4 * hidden, vision=vision
+        tokenizer,
+        hidden=hidden,
+        layers=layers,
+        heads=4,
+        kv_heads=2,
+        intermediate=4 * hidden,
+        vision=vision,
+        backbone=backbone,
     )
 
 
@@ -107,8 +123,9 @@ def random_config(
     intermediate: int,
     vision: dict,
     vocab_size: int | None = None,
-) -> Qwen2_5_VLConfig:
-    """A Qwen2.5-VL config of any size whose special-token ids are the tokenizer's.
+    backbone: str = DEFAULT_BACKBONE,
+) -> PretrainedConfig:
+    """A config of any size and backbone whose special-token ids are the tokenizer's.
 
     Args:
         tokenizer: source of the special-token ids.
@@ -117,43 +134,17 @@ def random_config(
         heads: attention heads.
         kv_heads: key/value heads.
         intermediate: text FFN size.
-        vision: ViT fields (``depth``, ``hidden_size``, ``intermediate_size``, ``num_heads``, optionally
-            ``fullatt_block_indexes``, default: the last block).
+        vision: ViT fields (``depth``, ``hidden_size``, ``intermediate_size``, ``num_heads``, and the
+            backbone's own options; see each backbone module's ``random_config``).
         vocab_size: embedding rows (default ``len(tokenizer)``).
+        backbone: ``qwen2_vl``, ``qwen2_5_vl`` or ``qwen3_vl``.
 
     Returns:
-        The config, with Qwen2.5-VL's mRoPE proportions (t, h, w = 1/4, 3/8, 3/8 of head_dim / 2).
+        The config, with each backbone's mRoPE proportions.
     """
-    from transformers import Qwen2_5_VLConfig
+    from moca_model import backbones
 
-    half = hidden // heads // 2  # mrope sections must sum to head_dim / 2
-    section = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]  # 3B/7B: [16, 24, 24]
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in QWEN_SPECIAL_TOKENS}
-    vision = {"fullatt_block_indexes": [vision["depth"] - 1], **vision}
-    return Qwen2_5_VLConfig(
-        vocab_size=vocab_size or len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=32768,
-        tie_word_embeddings=True,
-        rope_scaling={"type": "mrope", "mrope_section": section},
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|endoftext|>"],
-        pad_token_id=ids["<|endoftext|>"],
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        vision_config={
-            **vision,
-            "out_hidden_size": hidden,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "window_size": 112,
-        },
-        architectures=["Qwen2_5_VLForConditionalGeneration"],
-    )
+    size = backbones.ModelSize(hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads, intermediate=intermediate,
+                               vision=vision, vocab_size=vocab_size or len(tokenizer))  # fmt: skip
+    return backbones.module(backbone).random_config(ids, size)

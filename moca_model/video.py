@@ -15,13 +15,10 @@ Frame folders follow the reference (VLM2Vec ``src/utils/vision_utils/vision_util
   the reference at VLM2Vec 6e1e1d4). Later VLM2Vec ``main`` pads such clips by repeating the last frame
   (``short_clips="pad"``).
 
-Patch rows follow the Qwen2-VL image processor's video path (the one VLM2Vec vendors): every frame is
-resized to the ``smart_resize`` size of the **first** frame (bicubic, per-frame pixel bounds), an odd
-frame count is padded by repeating the last frame (temporal patch 2), and each row holds
-(channel, temporal, patch_h, patch_w) values.
+Patch rows (resize, normalise, cut, per backbone) are :mod:`moca_model.video_patches`'; its names are
+re-exported here.
 
-Shapes: F frames, H x W resized frame, T = temporal patch (2), P = (F / T) * (H / 14) * (W / 14) rows of
-3 * T * 14 * 14 = 1176 values.
+Shapes: F frames.
 """
 
 from __future__ import annotations
@@ -35,11 +32,13 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 from PIL import Image
 
-from moca_model.images import MoCaInputError, fitted_size, image_key, open_image, to_rgb
-from moca_model.patchify import _lookup_table, smart_resize
+from moca_model.images import MIN_SIDE, MoCaInputError, fitted_size, image_key, open_image, to_rgb
+from moca_model.video_patches import DEFAULT_FPS, clip_resize, patchify_video, timestamps, video_grid
+
+__all__ = ["DEFAULT_FPS", "Video", "clip_resize", "decode_frames", "frame_sizes", "list_frames", "patchify_video",
+           "sample_frames", "timestamps", "video_grid", "video_key"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -109,11 +108,14 @@ def sample_frames(frames: Sequence, num_frames: int | None, *, short_clips: Shor
 class Video:
     """A video as the frames it is encoded with (paths, encoded bytes or PIL images), in temporal order.
 
-    ``source`` only names the video in messages (e.g. its frame folder).
+    ``source`` only names the video in messages (e.g. its frame folder). ``fps`` is the frame rate of
+    ``frames`` (frame ``i`` is at ``i / fps`` seconds); only Qwen3-VL reads it, for its timestamps, and
+    assumes :data:`DEFAULT_FPS` when it is None, as its stock processor does.
     """
 
     frames: tuple
     source: str = ""
+    fps: float | None = None
 
     @classmethod
     def from_folder(
@@ -165,7 +167,8 @@ def video_key(video: Video, index: int = 0) -> str:
         MoCaInputError: no frames, or a missing or unreadable frame (names item ``index``).
     """
     _check(video, index)
-    return image_key(video.frames, index)
+    key = image_key(video.frames, index)
+    return key if video.fps is None else f"{key}@{float(video.fps)!r}"  # the timestamps change the prompt
 
 
 def _check(video: Video, index: int) -> None:
@@ -174,17 +177,17 @@ def _check(video: Video, index: int) -> None:
                              "(expected a folder of .jpg/.jpeg/.png frames or a list of frames)")  # fmt: skip
 
 
-def frame_sizes(video: Video, index: int) -> list[tuple[int, int]]:
+def frame_sizes(video: Video, index: int, *, min_side: int = MIN_SIDE) -> list[tuple[int, int]]:
     """(height, width) of every frame after the size fixes, from headers only.
 
     Raises:
         MoCaInputError: no frames, or a missing or unreadable frame (the message names item ``index``).
     """
     _check(video, index)
-    return [fitted_size(open_image(f, index)) for f in video.frames]
+    return [fitted_size(open_image(f, index), min_side=min_side) for f in video.frames]
 
 
-def decode_frames(video: Video, index: int) -> list[Image.Image]:
+def decode_frames(video: Video, index: int, *, min_side: int = MIN_SIDE) -> list[Image.Image]:
     """Every frame decoded to RGB with the size fixes of :func:`moca_model.images.to_rgb`.
 
     A frame whose pixels cannot be decoded (a truncated or corrupt file whose header reads) is dropped with a
@@ -199,7 +202,7 @@ def decode_frames(video: Video, index: int) -> list[Image.Image]:
     for f in video.frames:
         image = open_image(f, index)
         try:
-            frames.append(to_rgb(image, index))
+            frames.append(to_rgb(image, index, min_side=min_side))
         except MoCaInputError as exc:
             damaged.append(f"{f if isinstance(f, (str, os.PathLike)) else 'a frame'} ({exc})")
     if damaged:
@@ -208,60 +211,3 @@ def decode_frames(video: Video, index: int) -> list[Image.Image]:
         logger.warning("item %d: dropped %d damaged frame(s) of video %s, kept %d: %s", index, len(damaged),
                        video.describe(), len(frames), "; ".join(damaged))  # fmt: skip
     return frames
-
-
-def video_grid(
-    height: int,
-    width: int,
-    n_frames: int,
-    *,
-    min_pixels: int,
-    max_pixels: int,
-    patch_size: int = 14,
-    temporal_patch_size: int = 2,
-    merge_size: int = 2,
-) -> tuple[int, int, int]:
-    """``(t, h, w)`` patch grid of a video whose first frame is ``height x width`` (after the size fixes)."""
-    h, w = smart_resize(height, width, factor=patch_size * merge_size, min_pixels=min_pixels, max_pixels=max_pixels)
-    return -(-n_frames // temporal_patch_size), h // patch_size, w // patch_size
-
-
-def patchify_video(
-    frames: Sequence[Image.Image],
-    *,
-    min_pixels: int,
-    max_pixels: int,
-    mean: tuple[float, float, float],
-    std: tuple[float, float, float],
-    patch_size: int = 14,
-    temporal_patch_size: int = 2,
-    merge_size: int = 2,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Resize, normalise and cut RGB frames into Qwen2-VL video patch rows.
-
-    Args:
-        frames: F >= 1 RGB PIL images; all are resized to the first frame's ``smart_resize`` size.
-        min_pixels: per-frame lower bound on the resized area.
-        max_pixels: per-frame upper bound on the resized area.
-        mean: per-channel normalisation mean.
-        std: per-channel normalisation std.
-        patch_size: ViT patch side.
-        temporal_patch_size: frames per patch; an odd last group repeats the last frame.
-        merge_size: patches merged per side into one LLM token.
-
-    Returns:
-        ``pixel_values_videos`` (P, 3 * T * patch²) float32 and ``video_grid_thw`` (1, 3) long.
-    """
-    if not frames:
-        raise ValueError("a video needs at least one frame")
-    factor = patch_size * merge_size
-    h, w = smart_resize(frames[0].height, frames[0].width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
-    pixels = [np.asarray(f.resize((w, h), Image.Resampling.BICUBIC)) for f in frames]  # F x (H, W, 3) uint8
-    pixels += [pixels[-1]] * (-len(pixels) % temporal_patch_size)
-    m, p, t = merge_size, patch_size, temporal_patch_size
-    gt, gh, gw = len(pixels) // t, h // p, w // p
-    u8 = torch.from_numpy(np.stack(pixels)).view(gt, t, gh // m, m, p, gw // m, m, p, 3)
-    u8 = u8.permute(0, 2, 5, 3, 6, 8, 1, 4, 7).reshape(gt * gh * gw, 3, t * p * p)  # (P, C, T*p*p): bytes, not floats
-    index = u8.long() + torch.arange(3).mul_(256).view(1, 3, 1)
-    values = torch.take(_lookup_table(tuple(mean), tuple(std)), index)  # (P, C, T*p*p) float32
-    return values.reshape(gt * gh * gw, -1), torch.tensor([[gt, gh, gw]], dtype=torch.long)

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from moca_model.backbones import BACKBONES
 from moca_model.moca_config import ATTENTION_MODES, POOLING_MODES
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -60,6 +61,10 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Parameter dtype. Keep float32 with ``train.mixed_precision: bf16`` (fp32 master weights); bfloat16
     halves memory but rounds away AdamW updates smaller than ~1e-3 of a weight (e.g. at LR 1e-5)."""
+    backbone: Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl"] | None = None
+    """The model family ``init_from`` must be; None accepts the checkpoint's own (``moca_config.json``
+    ``backbone``, else ``config.json`` ``model_type``). Recipes name it, so a recipe run on the wrong
+    checkpoint fails at load time instead of training something else; every checkpoint records it."""
     attention: Literal["bidirectional", "causal"] = "bidirectional"
     """Text attention this stage trains with, whatever the starting checkpoint recorded: ``bidirectional``
     (MoCa's CPT and CL) or ``causal`` (a base model's next-token pre-training, or the paper's causal CL
@@ -75,9 +80,11 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (non-reentrant) to save memory."""
     min_pixels: int | None = None
-    """Lower image-size bound in pixels; None keeps the checkpoint's ``moca_config.json`` or MoCa's 256*28*28."""
+    """Lower image-size bound in pixels; None keeps the checkpoint's ``moca_config.json`` or MoCa's 256 visual
+    tokens in the backbone's units (256*28*28 on Qwen2/2.5-VL, 256*32*32 on Qwen3-VL)."""
     max_pixels: int | None = None
-    """Upper image-size bound in pixels; None keeps the checkpoint's ``moca_config.json`` or MoCa's 1024*28*28."""
+    """Upper image-size bound in pixels; None keeps the checkpoint's ``moca_config.json`` or MoCa's 1,024 visual
+    tokens in the backbone's units (1024*28*28 on Qwen2/2.5-VL, 1024*32*32 on Qwen3-VL)."""
     max_length: int | None = None
     """Token limit after image expansion; None keeps the checkpoint's or MoCa's 1280."""
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -87,6 +94,9 @@ class ModelConfig:
         _check(bool(self.init_from), "model.init_from", "is required (a checkpoint directory or hub id)")
         _check(self.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
         modes = ATTENTION_MODES
+        names = BACKBONES
+        _check(self.backbone is None or self.backbone in names, "model.backbone",
+               f"must be one of {names} or null, got {self.backbone!r}")  # fmt: skip
         _check(self.attention in modes, "model.attention", f"must be one of {modes}, got {self.attention!r}")
         pools = POOLING_MODES
         _check(self.pooling in pools, "model.pooling", f"must be one of {pools}, got {self.pooling!r}")

@@ -60,7 +60,7 @@ from moca_train.launcher import build_accelerator
 from moca_train.optim import (
     build_optimizer,
     build_scheduler,
-    configure_deepspeed_clipping,
+    configure_deepspeed,
     finish_gradients,
     is_deepspeed,
 )
@@ -167,7 +167,7 @@ def train(
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
     if is_deepspeed(accelerator):
-        configure_deepspeed_clipping(accelerator, cfg.max_grad_norm, grad_norm_divisor)
+        configure_deepspeed(accelerator, cfg.max_grad_norm, grad_norm_divisor)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     history: list[dict[str, float]] = []
     start = 0
@@ -204,7 +204,7 @@ def _loop(
     saved_at = start if start > 0 else -1
     tic = time.perf_counter()
     for step in range(start, cfg.max_steps):
-        lr = scheduler.get_last_lr()[0]
+        lr = optimizer.param_groups[0]["lr"]  # what this step's update uses (DeepSpeed: its optimizer's groups)
         logs, grad_norm = run_step(model, batch_iter, accelerator)
         optimizer.step()  # DeepSpeed: a no-op, its engine stepped inside accelerator.backward
         scheduler.step()

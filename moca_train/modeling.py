@@ -1,9 +1,10 @@
 """Build the model and processor a training stage starts from, and save them so every loader reads them.
 
-``build_model(cfg.model)`` loads ``MoCaModel`` (with the attention and pooling that ``cfg.model.attention``
-and ``cfg.model.pooling`` name, whatever the checkpoint recorded) from a CPT checkpoint, a released MoCa
-model or a Qwen2.5-VL base (any weight layout ``moca_model.loading`` accepts), puts it in train mode, optionally enables
-gradient checkpointing, and optionally wraps it with LoRA adapters (peft) on the text decoder only.
+``build_model(cfg.model)`` loads the checkpoint's MoCa model (its backbone's class, checked against
+``cfg.model.backbone``; with the attention and pooling that ``cfg.model.attention`` and ``cfg.model.pooling``
+name, whatever the checkpoint recorded) from a CPT checkpoint, a released MoCa model or a Qwen2-VL,
+Qwen2.5-VL or Qwen3-VL base (any weight layout ``moca_model.loading`` accepts), puts it in train mode,
+optionally enables gradient checkpointing, and optionally wraps it with LoRA adapters (peft) on the text decoder only.
 ``make_save_fn(processor)`` returns the engine's ``save_model_fn``: a plain ``save_pretrained``
 (safetensors) plus ``processor.save_pretrained``, with LoRA merged into the weights first, so
 ``MoCaEncoder.from_pretrained(checkpoint)`` (hence the vidore, mteb and MMEB adapters) loads a
@@ -33,13 +34,16 @@ ADAPTER_DIR = "adapter"
 
 
 def build_processor(cfg: ModelConfig) -> MoCaProcessor:
-    """The processor from ``processor_from`` (default ``init_from``) with the config's pixel/length bounds."""
-    from moca_model import MoCaProcessor
+    """The processor from ``processor_from`` (default ``init_from``) with the config's pixel/length bounds, for
+    ``init_from``'s backbone.
+    """  # noqa: D205
+    from moca_model import MoCaProcessor, moca_config
     from moca_model.loading import resolve_checkpoint
 
+    backbone = cfg.backbone or moca_config.backbone(resolve_checkpoint(cfg.init_from), attention=cfg.attention)
     path = resolve_checkpoint(cfg.processor_from or cfg.init_from)
     return MoCaProcessor.from_pretrained(
-        path, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, max_length=cfg.max_length
+        path, backbone=backbone, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, max_length=cfg.max_length
     )
 
 
@@ -62,8 +66,8 @@ def build_model(cfg: ModelConfig) -> tuple[torch.nn.Module, MoCaProcessor]:
     if attn is None:
         attn = "flash_attention_2" if torch.cuda.is_available() and _has_flash_attn() else "sdpa"
     model = load_model(path, device=torch.device("cpu"), dtype=getattr(torch, cfg.dtype), attn_implementation=attn,
-                       attention=cfg.attention, pooling=cfg.pooling)  # fmt: skip
-    logger.info("training with %s attention (%s), %s pooling", model.attention, attn, model.pooling)
+                       attention=cfg.attention, pooling=cfg.pooling, backbone=cfg.backbone)  # fmt: skip
+    logger.info("training %s with %s attention (%s), %s pooling", model.backbone, model.attention, attn, model.pooling)
     model.train()
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -83,12 +83,20 @@ def is_deepspeed(accelerator: Accelerator) -> bool:
     return accelerator.distributed_type.value == "DEEPSPEED"
 
 
-def configure_deepspeed_clipping(accelerator: Accelerator, max_grad_norm: float | None, divisor: float) -> None:
-    """Make DeepSpeed clip at ``max_grad_norm`` in the engine's units (call before ``prepare``).
+def configure_deepspeed(accelerator: Accelerator, max_grad_norm: float | None, divisor: float) -> None:
+    """Fill the DeepSpeed config from the training config (call before ``prepare``).
 
-    DeepSpeed clips inside its own ``step`` at the config's ``gradient_clipping``; accelerate fills an
-    ``auto`` value with 1.0, whatever the training config says. The engine's gradient is ``divisor`` times
-    the gradient ``max_grad_norm`` refers to (see :func:`finish_gradients`), so the threshold is scaled.
+    - Clipping: DeepSpeed clips inside its own ``step`` at the config's ``gradient_clipping``; accelerate
+      fills an ``auto`` value with 1.0, whatever the training config says. The engine's gradient is
+      ``divisor`` times the gradient ``max_grad_norm`` refers to (see :func:`finish_gradients`), so the
+      threshold is scaled.
+    - ``train_micro_batch_size_per_gpu``: accelerate derives an ``auto`` value from a DataLoader passed to
+      ``prepare`` and refuses to prepare without one; our batch sources hand each rank its micro-batches
+      themselves (rows per micro-batch vary with the token budget), so the engine is told 1. DeepSpeed
+      uses the value only for its own data loader and throughput accounting, never for the gradient.
+    - ``zero_force_ds_cpu_optimizer: false``: the training config owns the optimizer (torch AdamW). With
+      ``offload_optimizer_device: cpu`` accelerate and DeepSpeed would otherwise swap it for
+      ``DeepSpeedCPUAdam``, a C++ extension compiled at start-up, with its own numerics.
 
     Raises:
         ValueError: the DeepSpeed config sets a different number than ``--train.max_grad_norm``.
@@ -102,6 +110,11 @@ def configure_deepspeed_clipping(accelerator: Accelerator, max_grad_norm: float 
             f"says {max_grad_norm}; set gradient_clipping to 'auto' in the DeepSpeed config"
         )
     ds_config["gradient_clipping"] = want * divisor
+    ds_config["zero_force_ds_cpu_optimizer"] = False
+    if ds_config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+        ds_config["train_micro_batch_size_per_gpu"] = 1
+    if ds_config.get("train_batch_size") == "auto":
+        del ds_config["train_batch_size"]  # DeepSpeed derives it from the micro-batch size, accumulation and ranks
 
 
 def finish_gradients(

@@ -58,6 +58,22 @@ def tiny_encoder(tiny_dir):
     return MoCaEncoder.from_pretrained(tiny_dir, device="cpu", cache_memory_mb=0)
 
 
+@pytest.fixture(scope="session")
+def tiny_backbone_dirs(tmp_path_factory, tiny_dir):
+    """``dirs(backbone)``: a tiny random checkpoint of that backbone (written once per session; Qwen2.5-VL's is
+    ``tiny_dir``)."""
+    from moca_model.tiny import write_tiny_checkpoint
+
+    written = {"qwen2_5_vl": tiny_dir}
+
+    def dirs(backbone: str):
+        if backbone not in written:
+            written[backbone] = write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / backbone, backbone=backbone)
+        return written[backbone]
+
+    return dirs
+
+
 def _running(pid: int) -> bool:
     """Whether ``pid`` is a live process (a zombie counts as ended)."""
     from pathlib import Path

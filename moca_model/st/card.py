@@ -38,6 +38,10 @@ class CardFacts:
     """Embedding dimension."""
     bidirectional: bool
     """Attention mode written into ``text_config.is_causal``."""
+    pooling: str
+    """``mean`` or ``last`` (the sentence-transformers Pooling mode ``mean`` / ``lasttoken``)."""
+    backbone: str
+    """The :mod:`moca_model.backbones` name (``qwen2_5_vl``, ``qwen2_vl``, ``qwen3_vl``)."""
     dtype: str
     """Weight dtype of the export."""
     min_pixels: int
@@ -61,7 +65,7 @@ def license_from_readme(path: Path) -> str | None:
 
 def _front_matter(f: CardFacts) -> str:
     base = [f"base_model: {f.source}"] if re.fullmatch(r"[\w.-]+/[\w.-]+", f.source) else []
-    tags = ["sentence-transformers", "feature-extraction", "multimodal", "moca", "qwen2_5_vl"]
+    tags = ["sentence-transformers", "feature-extraction", "multimodal", "moca", f.backbone]
     return "\n".join(
         ["---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity",
          f"license: {f.license or UNKNOWN_LICENSE}", *base, "tags:", *[f"- {t}" for t in tags], "---"]
@@ -83,7 +87,7 @@ embeddings of `moca_model.MoCaEncoder` on this checkpoint (the export checked th
 image + text inputs before writing the folder).
 
 - **Licence**: $licence.
-- **Embedding**: $dim dimensions, mean over all tokens (image tokens included), L2-normalised; cosine.
+- **Embedding**: $dim dimensions, $pooling, L2-normalised; cosine.
 - **Attention**: $attention. Needs transformers >= 5.2 (checked at load time).
 - **Images**: the PIL Qwen2-VL image processor (`use_fast=False`), $min_pixels..$max_pixels pixels
   ($min_tokens..$max_tokens visual tokens) per image; truncation: $limit.
@@ -127,8 +131,8 @@ part, and what to do:
   tag is encoded as stored here, and upright by MoCaEncoder (as `datasets` decodes images).
 - **Transparency** (RGBA, LA, P with a transparent colour): transformers 5 composites the image onto white;
   MoCaEncoder drops the alpha channel, as the transformers 4.x stack MoCa was trained and evaluated with.
-- **Sides under 28 px**: MoCaEncoder stretches them to 28 px first; transformers resizes directly, which moves
-  the embedding by about 1e-2 to 4e-2.
+- **Sides under $min_side px**: MoCaEncoder stretches them to $min_side px first; transformers resizes
+  directly, which moves the embedding by about 1e-2 to 4e-2.
 - **Aspect ratios over 200, 16-bit/float images**: MoCaEncoder pads (white) and rescales them; here
   transformers rejects the first and clips the second. `moca_model.images.to_rgb(image, 0)` prepares any
   image exactly as MoCaEncoder does (needs `moca-toolkit`).
@@ -149,12 +153,12 @@ from PIL import Image, ImageOps
 
 
 def moca_image(image: Image.Image) -> Image.Image:
-    # what MoCaEncoder reads: upright (EXIF), alpha dropped, sides stretched to at least 28 px
+    # what MoCaEncoder reads: upright (EXIF), alpha dropped, sides stretched to at least $min_side px
     image = ImageOps.exif_transpose(image).convert("RGB")
     image.info.pop("transparency", None)  # convert() keeps a palette's transparent colour; transformers reads it
     width, height = image.size
-    if min(width, height) < 28:
-        image = image.resize((max(width, 28), max(height, 28)), Image.Resampling.BICUBIC)
+    if min(width, height) < $min_side:
+        image = image.resize((max(width, $min_side), max(height, $min_side)), Image.Resampling.BICUBIC)
     return image
 
 
@@ -169,6 +173,17 @@ $citation
 """)
 
 
+_POOLING_TEXT = {"mean": "mean over all tokens (image tokens included)",
+                 "last": "the last real token's state (`lasttoken` pooling)"}  # fmt: skip
+
+
+def _token_pixels(backbone: str) -> int:
+    """Pixels per merged visual token: 28² (Qwen2-VL, Qwen2.5-VL) or 32² (Qwen3-VL)."""
+    from moca_model import backbones
+
+    return backbones.get(backbone).factor ** 2
+
+
 def model_card(f: CardFacts) -> str:
     """The README.md text for one export."""
     licence = (
@@ -181,8 +196,10 @@ def model_card(f: CardFacts) -> str:
         front_matter=_front_matter(f), name=f.name, source=f.source, licence=licence, dim=f.dim,
         versions=", ".join(f"{k} {v}" for k, v in f.versions.items()),
         attention="bidirectional (`text_config.is_causal: false`)" if f.bidirectional else "causal (as trained)",
-        min_pixels=f.min_pixels, max_pixels=f.max_pixels, min_tokens=f.min_pixels // 784,
-        max_tokens=f.max_pixels // 784, dtype=f.dtype, prompt_table=_prompt_table(f.prompts),
+        min_pixels=f.min_pixels, max_pixels=f.max_pixels, min_tokens=f.min_pixels // _token_pixels(f.backbone),
+        max_tokens=f.max_pixels // _token_pixels(f.backbone), min_side=int(_token_pixels(f.backbone) ** 0.5),
+        pooling=_POOLING_TEXT[f.pooling], dtype=f.dtype,
+        prompt_table=_prompt_table(f.prompts),
         limit=f"{f.max_length} tokens after image expansion" if f.max_length else "none",
         dtype_note=_HALF_NOTE if half else "",
         citation=MOCA_CITATION,

@@ -1,7 +1,8 @@
 """The files of a sentence-transformers folder exported from MoCa (see :mod:`moca_model.export_st`).
 
-``write_model`` writes the transformers part (config with the attention mode, weights in the base
-``Qwen2_5_VLModel`` layout, tokenizer, PIL image processor, MoCa's chat template, ``moca_config.json``);
+``write_model`` writes the transformers part (config with the attention mode, weights in the layout of
+the backbone's stock base model (``Qwen2_5_VLModel``, ``Qwen2VLModel``, ``Qwen3VLModel``), tokenizer, PIL
+image processor, MoCa's chat template, ``moca_config.json``);
 ``write_processor`` lets transformers add its processor files; ``write_st_config`` writes what
 sentence-transformers reads (modules, module configs, prompts, version requirements).
 """
@@ -22,6 +23,7 @@ from moca_model.st.layout import (
     image_prompts,
 )
 
+ST_POOLING = {"mean": "mean", "last": "lasttoken"}  # MoCa pooling -> sentence-transformers Pooling mode
 SHARD_BYTES = 2 * 2**30  # weights go out in shards: a converted copy of a large model never sits in memory whole
 
 
@@ -40,13 +42,14 @@ def write_model(encoder, folder: Path, *, dtype: str, source_dir: Path | None, p
         prompts: the exported prompts (the chat template lists the image prompts among them).
 
     Returns:
-        Facts for the model card: ``dim``, ``bidirectional``, ``min_pixels``, ``max_pixels``, ``max_length``.
+        Facts for the model card: ``dim``, ``bidirectional``, ``pooling``, ``backbone``, ``min_pixels``,
+        ``max_pixels``, ``max_length``.
     """
     model, proc = encoder.model, encoder.processor
     folder.mkdir(parents=True)
     config = copy.deepcopy(model.config)
     config.text_config.is_causal = not model.bidirectional  # transformers >= 5.2 builds the mask from this
-    config.architectures = ["Qwen2_5_VLModel"]
+    config.architectures = [model.stock_class().__name__]  # what AutoModel builds: the stock base model
     config.dtype = dtype
     config.save_pretrained(folder)
     save_weights(model.state_dict(), folder, dtype)
@@ -63,7 +66,8 @@ def write_model(encoder, folder: Path, *, dtype: str, source_dir: Path | None, p
     settings.update(min_pixels=proc.min_pixels, max_pixels=proc.max_pixels, max_length=proc.max_length)
     (folder / "moca_config.json").write_text(json.dumps(settings, indent=2) + "\n")  # MoCaEncoder loads it too
     return {"dim": model.config.text_config.hidden_size, "bidirectional": model.bidirectional,
-            "min_pixels": proc.min_pixels, "max_pixels": proc.max_pixels, "max_length": proc.max_length}  # fmt: skip
+            "pooling": model.pooling, "backbone": model.backbone, "min_pixels": proc.min_pixels,
+            "max_pixels": proc.max_pixels, "max_length": proc.max_length}  # fmt: skip
 
 
 def save_weights(state: dict, folder: Path, dtype: str, shard_bytes: int = SHARD_BYTES) -> list[str]:
@@ -94,12 +98,25 @@ def save_weights(state: dict, folder: Path, dtype: str, shard_bytes: int = SHARD
     return names
 
 
-def write_processor(folder: Path) -> None:
-    """Let transformers write its processor files (processor, video processor) and check the image backend."""
-    from transformers import AutoProcessor
+def write_processor(folder: Path, backbone: str = "qwen2_5_vl") -> None:
+    """Let transformers write its processor files (processor, video processor) and check the image backend.
 
-    processor = AutoProcessor.from_pretrained(folder, **PROCESSOR_KWARGS)
+    A folder without a video-processor config gets the Qwen2-VL one from ``AutoProcessor``; a Qwen3-VL
+    export writes Qwen3-VL's (16-px patches, timestamps), so videos given to sentence-transformers are cut
+    as the model expects.
+    """
+    import transformers
+
+    from moca_model import backbones
+
+    processor = transformers.AutoProcessor.from_pretrained(folder, **PROCESSOR_KWARGS)
     check_pil(processor)
+    spec = backbones.get(backbone)
+    if spec.video_timestamps and not isinstance(processor.video_processor, transformers.Qwen3VLVideoProcessor):
+        processor.video_processor = transformers.Qwen3VLVideoProcessor(
+            patch_size=spec.patch_size, temporal_patch_size=spec.temporal_patch_size, merge_size=spec.merge_size,
+            image_mean=list(processor.image_processor.image_mean), image_std=list(processor.image_processor.image_std),
+        )  # fmt: skip
     processor.save_pretrained(folder)
 
 
@@ -110,8 +127,12 @@ def check_pil(processor) -> None:
         raise ExportError(f"transformers gave image processor {name}, not the PIL one MoCa was trained with")
 
 
-def write_st_config(folder: Path, prompts: dict[str, str], dim: int) -> None:
-    """modules.json and the module and model configs, as sentence-transformers itself writes them."""
+def write_st_config(folder: Path, prompts: dict[str, str], dim: int, pooling: str = "mean") -> None:
+    """modules.json and the module and model configs, as sentence-transformers itself writes them.
+
+    ``pooling``: MoCa's ``mean`` (over every token, prompt and image tokens included) or ``last``
+    (sentence-transformers' ``lasttoken``: the last position whose attention mask is 1, any padding side).
+    """
     import sentence_transformers
     import torch
     import transformers
@@ -126,7 +147,7 @@ def write_st_config(folder: Path, prompts: dict[str, str], dim: int) -> None:
              "module_output_name": MODULE_OUTPUT_NAME, "processing_kwargs": PROCESSING_KWARGS,
              "unpad_inputs": False, "processor_kwargs": PROCESSOR_KWARGS}  # fmt: skip
     (folder / Transformer.config_file_name).write_text(json.dumps(sbert, indent=2) + "\n")
-    pooling = Pooling(dim, pooling_mode="mean", include_prompt=True)
+    pooling = Pooling(dim, pooling_mode=ST_POOLING[pooling], include_prompt=True)
     for module, sub in ((pooling, "1_Pooling"), (Normalize(), "2_Normalize")):
         (folder / sub).mkdir()
         module.save(str(folder / sub))

@@ -29,10 +29,11 @@ Commands::
 
 Override any field with ``--section.field value``; ``--help`` lists them all.
 
-Tested on CPU: 2 gloo ranks under DDP and under FSDP2 equal 1 process (weights to 1e-5, steps where
-one rank has no image included; chunks without images carry a masked dummy image so every rank runs the
-vision tower); DeepSpeed's stepping with an engine stub that counts optimizer steps. Not run here: bf16
-autocast on CUDA, flash-attention, a real DeepSpeed engine.
+Tested on CPU: 2 gloo ranks under DDP, FSDP2 and DeepSpeed ZeRO-3 (a real engine on DeepSpeed's CPU
+accelerator) equal 1 process (weights to 1e-5, steps where one rank has no image included; chunks without
+images carry a masked dummy image so every rank runs the vision tower); a step on transformers' flash-attention-2
+path (a plain-torch kernel stand-in) equals SDPA's. Not run here: bf16 autocast on CUDA and the real
+flash-attention kernels (``benchmarks/gpu_check.sh``).
 """
 
 from __future__ import annotations

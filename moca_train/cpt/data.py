@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
-from moca_model.images import MoCaInputError, fitted_size, open_image
+from moca_model.images import MoCaInputError
 from moca_model.processing_moca import IMAGE_PLACEHOLDER
 
 if TYPE_CHECKING:
@@ -162,7 +162,7 @@ def stats_cache_key(ds, spec: CPTSourceConfig, processor: MoCaProcessor, *, seed
 
 def _image_tokens(src, processor: MoCaProcessor, index: int) -> int:
     try:
-        return processor.num_image_tokens(*fitted_size(open_image(src, index)))
+        return processor.num_image_tokens(*processor.fitted_size(src, index))
     except MoCaInputError as exc:  # unreadable images become text-only rows at load time; count the minimum
         logger.warning("%s", exc)
         return processor.min_pixels // processor.factor**2

@@ -14,6 +14,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 FSDP_CONFIG = ROOT / "configs/accelerate/fsdp.yaml"
+DEEPSPEED_CONFIG = ROOT / "configs/accelerate/deepspeed_zero3.yaml"
 
 
 def write_modality_tasks(world: Path) -> dict[str, Path]:
@@ -42,12 +43,15 @@ def free_port() -> int:
 
 
 def launch(kind: str, module: str, args: list[str], *, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m module args`` on 2 gloo ranks: ``ddp`` (torchrun) or ``fsdp`` (accelerate launch + fsdp.yaml)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONHASHSEED": "0"}
+    """Run ``python -m module args`` on 2 gloo ranks: ``ddp`` (torchrun), ``fsdp`` (accelerate launch + fsdp.yaml) or
+    ``deepspeed`` (accelerate launch + deepspeed_zero3.yaml on DeepSpeed's CPU accelerator)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONHASHSEED": "0",
+           "DS_ACCELERATOR": "cpu"}  # fmt: skip
     if kind == "ddp":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
     else:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_CONFIG),
+        config = {"fsdp": FSDP_CONFIG, "deepspeed": DEEPSPEED_CONFIG}[kind]
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
                "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port())]  # fmt: skip
     proc = subprocess.run([*cmd, "-m", module, *args], env=env, capture_output=True, text=True, timeout=timeout,
                           cwd=ROOT)  # fmt: skip
@@ -68,16 +72,32 @@ def checkpoint_weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
 ZERO_GRADIENT = re.compile(r"self_attn\.k_proj\.bias$")
 
 
-def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], *, atol: float = 1e-5) -> float:
-    """Every tensor within ``atol`` (those named by ``ZERO_GRADIENT`` within 1e-3); returns the largest difference
-    among the strictly compared ones."""
+# AdamW's update is lr * m / (sqrt(v) + eps): an element whose gradient is at the level of eps (1e-8) in some step,
+# i.e. pure float cancellation, moves by a fraction of the LR that depends on that noise. Measured (CPT, DeepSpeed
+# ZeRO-3 vs one process): one element of visual.merger.mlp.0.weight had gradient 0 then -1.7e-8 in the first two
+# steps and ends 1.26e-5 apart (1% of that step's LR), while +-1 ulp noise on every gradient moves no weight by more
+# than 3e-7. Such elements may exceed ``atol`` up to EPS_LEVEL_ATOL, if there are at most ``eps_outliers`` of them.
+EPS_LEVEL_ATOL = 1e-4
+
+
+def assert_same_weights(
+    a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], *, atol: float = 1e-5, eps_outliers: int = 0
+) -> float:
+    """Every tensor within ``atol`` (those named by ``ZERO_GRADIENT`` within 1e-3; at most ``eps_outliers`` elements
+    in all within EPS_LEVEL_ATOL); returns the largest difference among the strictly compared ones."""
     assert a.keys() == b.keys()
-    worst = 0.0
+    worst, outliers = 0.0, 0
     for name in a:
-        diff = (a[name].float() - b[name].float()).abs().max().item()
+        delta = (a[name].float() - b[name].float()).abs()
+        diff = delta.max().item()
         if ZERO_GRADIENT.search(name):
             assert diff <= 1e-3, (name, diff)
             continue
+        if diff > atol and eps_outliers:
+            assert diff <= EPS_LEVEL_ATOL, (name, diff)
+            outliers += int((delta > atol).sum())
+            assert outliers <= eps_outliers, (name, diff, outliers)
+            diff = delta[delta <= atol].max().item()
         assert diff <= atol, (name, diff)
         worst = max(worst, diff)
     return worst

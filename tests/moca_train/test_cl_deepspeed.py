@@ -1,6 +1,7 @@
 """GradCache under DeepSpeed takes exactly one optimizer step per training step, with the full-batch gradient.
 
-deepspeed is not installed here (it needs CUDA), so the engine is a stub that keeps DeepSpeedEngine's
+A unit test in both environments (the real engine on DeepSpeed's CPU accelerator: test_deepspeed.py, .venv,
+slow): the engine is a stub that keeps DeepSpeedEngine's
 accumulation contract (deepspeed 0.14.4 ``runtime/engine.py``: ``backward`` accumulates; ``step`` updates
 only at a gradient-accumulation boundary, which ``set_gradient_accumulation_boundary`` overrides). The
 accelerator side is accelerate's own ``Accelerator.backward`` and ``DeepSpeedEngineWrapper``, which call

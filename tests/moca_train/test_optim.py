@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -12,7 +13,7 @@ pytest.importorskip("accelerate")
 import torch  # noqa: E402
 
 from moca_train.config import TrainConfig  # noqa: E402
-from moca_train.optim import configure_deepspeed_clipping, lr_factor  # noqa: E402
+from moca_train.optim import configure_deepspeed, lr_factor  # noqa: E402
 
 
 def test_log_warmup_is_deepspeeds_warmup_decay_lr():
@@ -45,20 +46,26 @@ def test_deepspeed_clips_at_the_training_configs_value():
         return SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(deepspeed_config=cfg))), cfg
 
     acc, ds = accelerator("auto")  # accelerate would fill 'auto' with 1.0
-    configure_deepspeed_clipping(acc, 5.0, divisor=8)
+    configure_deepspeed(acc, 5.0, divisor=8)
     assert ds["gradient_clipping"] == 40.0  # the engine's gradient is 8x the reference's (CL on 8 ranks)
+    # no DataLoader goes through prepare (accelerate would refuse 'auto'); the config's torch AdamW is kept
+    assert ds["train_micro_batch_size_per_gpu"] == 1 and ds["zero_force_ds_cpu_optimizer"] is False
     acc, ds = accelerator(None)
-    configure_deepspeed_clipping(acc, None, divisor=1)
+    configure_deepspeed(acc, None, divisor=1)
     assert ds["gradient_clipping"] == 0.0  # DeepSpeed: 0 disables clipping
     acc, _ = accelerator(1.0)
     with pytest.raises(ValueError, match="gradient_clipping=1.0"):
-        configure_deepspeed_clipping(acc, 5.0, divisor=1)
+        configure_deepspeed(acc, 5.0, divisor=1)
 
 
-def test_deepspeed_is_refused_without_cuda(monkeypatch):
+def test_deepspeed_without_cuda_is_refused_when_it_cannot_run_on_the_cpu(monkeypatch):
+    """A DeepSpeed launch on a CUDA-less machine runs on DeepSpeed's CPU accelerator (tests/moca_train/
+    test_deepspeed.py); without deepspeed it is refused, never silently turned into DDP."""
     from moca_train.launcher import build_accelerator
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    with pytest.raises(RuntimeError, match="DeepSpeed needs CUDA"):
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # not installed
+    monkeypatch.setitem(sys.modules, "deepspeed.accelerator", None)
+    with pytest.raises(RuntimeError, match="DeepSpeed, which is not installed"):
         build_accelerator(TrainConfig())
