@@ -1,4 +1,4 @@
-"""``make bench``: run every CPU benchmark (about 15 minutes on 2 cores) and write a Markdown summary.
+"""``make bench``: run every CPU benchmark (about 25 minutes on 2 cores) and write a Markdown summary.
 
 Each benchmark is its own module (``python -m benchmarks.<name>``) writing ``results/benchmarks/<name>.json``;
 this script runs them in sequence with sizes that fit the budget, then renders
