@@ -84,13 +84,12 @@ def _rss_mb(field: str) -> float:
 
 def child(variant: str, checkpoint: str, folder: str, tokens: int, batch_size: int) -> dict:
     """Encode every page of ``folder`` once in this process; returns the memory figures."""
-    import weakref
-
     import torch
 
     import moca_model.encode as encode_mod
     from benchmarks.common import reset_peak_rss
     from moca_model import MoCaEncoder
+    from moca_model.testing import count_live_batches
 
     torch.set_num_threads(1)
     if variant == "before":
@@ -101,20 +100,7 @@ def child(variant: str, checkpoint: str, folder: str, tokens: int, batch_size: i
     pages = sorted(Path(folder).glob("*.jpg"))
     items = [{"image": str(p), "text": "\nRepresent the given document image."} for p in pages]
     enc.encode(items[:2], batch_size=2, show_progress=False)  # warm-up: first-call allocations
-    refs: list = []
-    live: list[int] = []
-    prepare, forward = enc.prepare_batch, enc.forward_batch
-
-    def counting_prepare(entries):
-        batch = prepare(entries)
-        refs.append(weakref.ref(batch["pixel_values"]))
-        return batch
-
-    def counting_forward(inputs):
-        live.append(sum(r() is not None for r in refs))
-        return forward(inputs)
-
-    enc.prepare_batch, enc.forward_batch = counting_prepare, counting_forward
+    live = count_live_batches(enc, "pixel_values")
     baseline = _rss_mb("VmRSS")
     reset_peak_rss()
     start = time.perf_counter()

@@ -39,21 +39,10 @@ def test_closing_prefetched_early_cancels_the_rest():
 
 
 def test_encode_keeps_a_bounded_number_of_prepared_batches_alive(tiny_dir):
+    from moca_model.testing import count_live_batches
+
     enc = MoCaEncoder.from_pretrained(tiny_dir, device="cpu", cache_memory_mb=0)
-    refs: list[weakref.ref] = []
-    counts: list[int] = []
-    prepare, forward = enc.prepare_batch, enc.forward_batch
-
-    def counting_prepare(entries):
-        batch = prepare(entries)
-        refs.append(weakref.ref(batch["input_ids"]))
-        return batch
-
-    def counting_forward(inputs):
-        counts.append(sum(r() is not None for r in refs))
-        return forward(inputs)
-
-    enc.prepare_batch, enc.forward_batch = counting_prepare, counting_forward
+    counts = count_live_batches(enc)
     items = [f"text {i}: " + "word " * i for i in range(30)]
     enc.encode(items, batch_size=1, num_workers=1, show_progress=False)
     assert len(counts) == 30 and enc.last_stats.batches == 30
