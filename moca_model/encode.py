@@ -14,7 +14,7 @@ Images are decoded only when their batch is prepared, and at most ``num_workers 
 exist at a time, so memory stays bounded however large the call (:func:`moca_model.batching.prefetched`).
 ``last_stats`` says what the call did (cache hits, items and batches encoded, items truncated).
 
-Cache identity (:mod:`moca_model.identity`): every call fingerprints the weights (about 20 to 35 ms of
+Cache identity (:mod:`moca_model.identity`): every call fingerprints the weights (about 25 to 40 ms of
 CPU for the 3B model, once per call, not per batch); vectors are kept in memory under the weights as they
 are now, and on disk under the checkpoint's fingerprint only while the weights are still those loaded
 from it. Once they differ (a
