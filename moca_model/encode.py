@@ -217,7 +217,8 @@ class MoCaEncoder:
 
         Raises:
             MoCaInputError: an item that cannot be encoded; the message names its index.
-            moca_model.parallel.MoCaWorkerError: a device worker died (no partial result).
+            moca_model.parallel.MoCaWorkerError: a device worker died (no partial result; the batches that
+                finished are in the cache).
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")

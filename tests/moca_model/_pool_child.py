@@ -1,7 +1,7 @@
 """Child process for tests/moca_model/test_pool_safety.py: a device pool under Ctrl-C or a dying parent.
 
 ``python _pool_child.py CHECKPOINT interrupt``: prints its worker's pid and ``encoding``, then encodes 300
-images of 200 x 200 pixels one per batch (several MB of queued tasks), long enough to be interrupted.
+images of 200 x 200 pixels one per batch (several MB of queued tasks), again and again until interrupted.
 ``python _pool_child.py CHECKPOINT die``: prints its worker's pid, then kills itself with SIGKILL.
 One worker (:func:`pooled_encoder`): what is tested is the same with more, and it starts faster.
 """
@@ -40,5 +40,5 @@ if __name__ == "__main__":
     rng = np.random.default_rng(0)
     items = [Image.fromarray(rng.integers(0, 256, (200, 200, 3), dtype=np.uint8)) for _ in range(300)]
     print("encoding", flush=True)
-    enc.encode(items, batch_size=1, show_progress=False)
-    print("finished", flush=True)
+    while True:  # no cache: every call encodes again, whatever the machine's speed
+        enc.encode(items, batch_size=1, show_progress=False)
