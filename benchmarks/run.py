@@ -1,4 +1,4 @@
-"""``make bench``: run every CPU benchmark (about 20 minutes on 2 cores) and write a Markdown summary.
+"""``make bench``: run every CPU benchmark (about 30 minutes on 2 cores) and write a Markdown summary.
 
 Each benchmark is its own module (``python -m benchmarks.<name>``) writing ``results/benchmarks/<name>.json``;
 this script runs them in sequence with sizes that fit the budget, then renders
@@ -36,6 +36,8 @@ JOBS = {
     "cache_mteb": ["benchmarks.cache_mteb", "--pages", "32", "--queries", "8"],
     "cache_vidore": ["benchmarks.cache_vidore", "--pages", "32", "--queries", "16"],
     "devices": ["benchmarks.devices", "--queries", "48", "--pages", "24"],
+    "encode_memory": ["benchmarks.encode_memory", "--pages", "1000", "--tokens", "256", "--full-pages", "200"],
+    "weights_identity": ["benchmarks.weights_identity", "--repeats", "20"],
 }
 # sentence-transformers 6.2 and mteb 2.x live in .venv-mteb
 PYTHON_FOR = {"st_encode_mid": MTEB_PYTHON, "cache_mteb": MTEB_PYTHON}
@@ -120,6 +122,7 @@ def summary() -> str:
         lines.append("")
     lines += _st_summary(load)
     lines += _throughput_sections(load)
+    lines += _scale_sections(load)
     for name in ("mmeb_cost", "train_cpt", "train_cl"):
         r = load(name)
         if r:
@@ -197,6 +200,33 @@ def _throughput_sections(load) -> list[str]:
             f"{r.get('parallel_cores', '-')} (2.0 on an idle 2-core machine).",
             "",
         ]
+    return lines
+
+
+def _scale_sections(load) -> list[str]:
+    """Bounded memory of one large encode call, and the per-call cost of the cache identity (issue 24)."""
+    lines = []
+    r = load("encode_memory")
+    if r:
+        lines += [
+            f"## Peak host memory of one encode call over {r['runs'][0]['pages']} page images (1240 x 1754, CPU)",
+            "| prefetcher | visual tokens per page | pages | peak RSS MB | growth during the call MB | "
+            "prepared batches alive (max) | seconds |",
+            "|---|---|---|---|---|---|---|",
+            *[f"| {v['variant']} | {v['tokens_per_page']} | {v['pages']} | {v['peak_rss_mb']} | {v['growth_mb']} | "
+              f"{v['max_live_prepared_batches']} of {v['batches']} | {v['seconds']} |" for v in r["runs"]],
+            f"\nGrowth before / after: **{r['growth_ratio_before_over_after']}x**; same vectors: {r['same_vectors']}; "
+            f"the old prefetcher at MoCa's 1,024 tokens per page would hold ~{r['before_projected_at_1024_tokens_gb']} "
+            "GB of prepared batches for these pages.",
+            "",
+        ]  # fmt: skip
+    r = load("weights_identity")
+    if r:
+        lines += ["## Weights fingerprint per encode call (cache identity; CPU, one thread)",
+                  "| model | tensors | values | values read | CPU ms (median) | wall ms (median) |",
+                  "|---|---|---|---|---|---|",
+                  *[f"| {n} | {v['tensors']} | {v['values']:.3g} | {v['values_read']} | {v['median_cpu_ms']} | "
+                    f"{v['median_ms']} |" for n, v in r["results"].items()], ""]  # fmt: skip
     return lines
 
 

@@ -140,6 +140,20 @@ class MoCaMTEBEncoder(AbsEncoder):
         self.num_workers = num_workers
         self.mteb_model_meta = moca_model_meta(model_name, checkpoint=checkpoint)  # load_model() replaces it
 
+    def close(self) -> None:
+        """Stop the encoder's device workers (``devices`` / ``MOCA_DEVICES``), if any.
+
+        mteb never calls it; the workers also stop when this object is garbage collected and at interpreter
+        exit. The encoder cannot encode afterwards.
+        """
+        self.encoder.close()
+
+    def __enter__(self) -> MoCaMTEBEncoder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def encode(
         self,
         inputs: DataLoader,

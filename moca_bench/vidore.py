@@ -192,6 +192,20 @@ class MoCaVidoreRetriever(BaseVisionRetriever):
         self._pages_seen = 0  # corpus row of the next page, for error messages; reset after each dataset
         self._score_calls = 0
 
+    def close(self) -> None:
+        """Stop the encoder's device workers (``MOCA_DEVICES``), if any.
+
+        vidore-benchmark never calls it; the workers also stop when the retriever is garbage collected and
+        at interpreter exit. The retriever cannot encode afterwards.
+        """
+        self.encoder.close()
+
+    def __enter__(self) -> MoCaVidoreRetriever:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def _encode(self, items: list, batch_size: int, desc: str) -> torch.Tensor:
         vectors = self.encoder.encode(
             items, batch_size=batch_size, show_progress=False, desc=desc, num_workers=self.config.num_workers

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -38,18 +39,30 @@ def length_batches(order: list[int], lengths: list[int], batch_size: int) -> lis
     return batches
 
 
-def prefetched(batches: Sequence, prepare: Callable[..., T], workers: int) -> Iterable[tuple[int, T]]:
+def prefetched(batches: Sequence, prepare: Callable[..., T], workers: int) -> Iterator[tuple[int, T]]:
     """``(k, prepare(batches[k]))`` in order, with up to ``workers + 1`` batches prepared ahead in threads.
 
-    ``workers <= 0`` prepares each batch inline when it is needed.
+    Memory stays bounded however many batches there are: a prepared batch is released as soon as it has
+    been handed over, so at most ``workers + 2`` exist at a time (the ones being prepared or waiting, and
+    the one the caller holds). ``workers <= 0`` prepares each batch inline when it is needed. Closing the
+    generator early cancels the batches not started yet.
     """
     if workers <= 0:
         for k, batch in enumerate(batches):
             yield k, prepare(batch)
         return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(prepare, b) for b in batches[: workers + 1]]
+    ahead: deque[Future] = deque()
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        submitted = 0
         for k in range(len(batches)):
-            if k + workers + 1 < len(batches):
-                futures.append(pool.submit(prepare, batches[k + workers + 1]))
-            yield k, futures[k].result()
+            while submitted < len(batches) and len(ahead) < workers + 1:
+                ahead.append(pool.submit(prepare, batches[submitted]))
+                submitted += 1
+            result = ahead.popleft().result()
+            yield k, result
+            del result  # the caller holds it now; this frame must not keep it alive
+    finally:
+        for future in ahead:
+            future.cancel()
+        pool.shutdown(wait=True)

@@ -155,7 +155,7 @@ def _export(load: Callable, out: Path, *, source, source_dir, dtype, prompts, li
         encoder = load()
         expected = st_verify.reference(encoder, prompts) if verify else None
         ref_dtype = str(encoder.model.dtype).removeprefix("torch.")
-        facts = write_model(encoder, tmp, dtype=dtype, source_dir=source_dir)
+        facts = write_model(encoder, tmp, dtype=dtype, source_dir=source_dir, prompts=prompts)
         del encoder
         gc.collect()  # the reference model leaves memory before sentence-transformers loads the copy
         write_processor(tmp, facts["backbone"])

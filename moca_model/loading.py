@@ -222,6 +222,28 @@ def _verify_against_file(model: MoCaMixin, keys: dict[str, Path], mapping: dict[
             raise MoCaLoadError(f"weight {key!r} differs from the file after loading (key layout not understood)")
 
 
+def processor_source(path: Path, processor_name_or_path: str | Path | None = None, *,
+                     attention: str | None = None) -> Path:  # fmt: skip
+    """The folder the tokenizer comes from.
+
+    ``processor_name_or_path``, else the checkpoint when it has one, else the backbone's default processor (as
+    the reference scripts load it).
+
+    Raises:
+        MoCaLoadError: the checkpoint's backbone cannot be determined.
+    """
+    has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+    if processor_name_or_path is None and has_tokenizer:
+        return path
+    if processor_name_or_path is not None:
+        return resolve_checkpoint(processor_name_or_path)
+    try:
+        backbone = moca_config.backbone(path, attention=attention or moca_config.attention(path))
+    except ValueError as exc:
+        raise MoCaLoadError(str(exc)) from None
+    return resolve_checkpoint(backbones.get(backbone).default_processor)
+
+
 def load_processor(
     path: Path, processor_name_or_path: str | Path | None = None, *, attention: str | None = None, **settings
 ) -> tuple:
@@ -249,11 +271,7 @@ def load_processor(
     except ValueError as exc:
         raise MoCaLoadError(str(exc)) from None
     spec = backbones.get(backbone)
-    has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
-    if processor_name_or_path is None and has_tokenizer:
-        proc_dir = path
-    else:
-        proc_dir = resolve_checkpoint(processor_name_or_path or spec.default_processor)
+    proc_dir = processor_source(path, processor_name_or_path, attention=attention)
     settings = {k: v for k, v in settings.items() if v is not None}
     if proc_dir != path:  # the checkpoint's own moca_config.json still wins (its processing keys)
         settings = {**moca_config.processing_settings(path), **settings}

@@ -217,7 +217,7 @@ class MoCaProcessor:
         backbone: str = DEFAULT_BACKBONE,
         min_pixels: int | None = None,
         max_pixels: int | None = None,
-        max_length: int | None = DEFAULT_MAX_LENGTH,
+        max_length: int | None = DEFAULT_MAX_LENGTH,  # 0 or None: no truncation
         video_min_pixels: int | None = None,
         video_max_pixels: int | None = None,
         image_processor_kwargs: Mapping | None = None,
@@ -232,7 +232,8 @@ class MoCaProcessor:
             if lo > hi:
                 raise ValueError(f"{name}min_pixels ({lo}) must be <= {name}max_pixels ({hi})")
         self.tokenizer = tokenizer
-        self.min_pixels, self.max_pixels, self.max_length = min_pixels, max_pixels, max_length
+        self.min_pixels, self.max_pixels = min_pixels, max_pixels
+        self.max_length = max_length or None  # 0 or None: no limit
         self.video_min_pixels, self.video_max_pixels = video_min_pixels, video_max_pixels
         kwargs = {"patch_size": spec.patch_size, "temporal_patch_size": spec.temporal_patch_size,
                   "merge_size": spec.merge_size, "image_mean": list(spec.image_mean), "image_std": list(spec.image_std)}

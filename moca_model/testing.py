@@ -148,3 +148,28 @@ def random_config(
     size = backbones.ModelSize(hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads, intermediate=intermediate,
                                vision=vision, vocab_size=vocab_size or len(tokenizer))  # fmt: skip
     return backbones.module(backbone).random_config(ids, size)
+
+
+def count_live_batches(encoder, key: str = "input_ids") -> list[int]:
+    """Instrument ``encoder`` (a MoCaEncoder without a device pool): the returned list gets, at each forward
+    pass, how many prepared batches are alive (tracked by a weak reference to each batch's ``key`` tensor).
+
+    For tests and benchmarks of bounded memory (issue 24): a call must not keep every prepared batch.
+    """  # noqa: D205
+    import weakref
+
+    refs: list = []
+    live: list[int] = []
+    prepare, forward = encoder.prepare_batch, encoder.forward_batch
+
+    def counting_prepare(entries):
+        batch = prepare(entries)
+        refs.append(weakref.ref(batch[key]))
+        return batch
+
+    def counting_forward(inputs):
+        live.append(sum(r() is not None for r in refs))
+        return forward(inputs)
+
+    encoder.prepare_batch, encoder.forward_batch = counting_prepare, counting_forward
+    return live

@@ -23,6 +23,7 @@ Shapes: F frames.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -38,6 +39,8 @@ from moca_model.video_patches import DEFAULT_FPS, clip_resize, patchify_video, t
 
 __all__ = ["DEFAULT_FPS", "Video", "clip_resize", "decode_frames", "frame_sizes", "list_frames", "patchify_video",
            "sample_frames", "timestamps", "video_grid", "video_key"]  # fmt: skip
+
+logger = logging.getLogger(__name__)
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")  # reference IMAGE_EXTENSIONS
 DEFAULT_NUM_FRAMES = 8  # MMEB-V2 released configs (num_frames: 8); the VLM2Vec-V2 paper: "8 uniformly sampled frames"
@@ -187,8 +190,24 @@ def frame_sizes(video: Video, index: int, *, min_side: int = MIN_SIDE) -> list[t
 def decode_frames(video: Video, index: int, *, min_side: int = MIN_SIDE) -> list[Image.Image]:
     """Every frame decoded to RGB with the size fixes of :func:`moca_model.images.to_rgb`.
 
+    A frame whose pixels cannot be decoded (a truncated or corrupt file whose header reads) is dropped with a
+    warning and the video keeps its other frames, as the MMEB-V2 reference's image processor does
+    (VLM2Vec ``image_processing_qwen2_vl.py``: "MVBench: OSError: image file is truncated").
+
     Raises:
-        MoCaInputError: no frames, or a missing, unreadable or corrupt frame.
+        MoCaInputError: no frames, a missing or unreadable frame (its header), or no frame that decodes.
     """
     _check(video, index)
-    return [to_rgb(open_image(f, index), index, min_side=min_side) for f in video.frames]
+    frames, damaged = [], []
+    for f in video.frames:
+        image = open_image(f, index)
+        try:
+            frames.append(to_rgb(image, index, min_side=min_side))
+        except MoCaInputError as exc:
+            damaged.append(f"{f if isinstance(f, (str, os.PathLike)) else 'a frame'} ({exc})")
+    if damaged:
+        if not frames:
+            raise MoCaInputError(f"item {index}: no frame of video {video.describe()} decodes: {damaged[0]}")
+        logger.warning("item %d: dropped %d damaged frame(s) of video %s, kept %d: %s", index, len(damaged),
+                       video.describe(), len(frames), "; ".join(damaged))  # fmt: skip
+    return frames

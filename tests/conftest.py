@@ -95,3 +95,28 @@ def tiny_backbone_dirs(tmp_path_factory, tiny_dir):
         return written[backbone]
 
     return dirs
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie counts as ended)."""
+    from pathlib import Path
+
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.fixture
+def wait_gone():
+    """``wait_gone(pids, timeout)``: the pids still running after up to ``timeout`` seconds (device-pool tests)."""
+    import time
+
+    def wait(pids: list[int], timeout: float) -> list[int]:
+        deadline = time.monotonic() + timeout
+        while any(_running(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return [p for p in pids if _running(p)]
+
+    return wait

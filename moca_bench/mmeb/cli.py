@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="mean or last (real token) pooling (default: the checkpoint's moca_config.json, else mean)")
     a("--min-pixels", type=int, help="per-image lower bound (default the checkpoint's, else 256*28*28)")
     a("--max-pixels", type=int, help="per-image upper bound (default the checkpoint's, else 1024*28*28)")
-    a("--max-length", type=int, help="token limit after image expansion (default 1280, as the reference)")
+    a("--max-length", type=int, help="token limit after image expansion; cut inputs are counted (default: v1 1280, "
+      "as MoCa's eval.py; v2 none, as the VLM2Vec harness; 0: none)")
     a("--video-min-pixels", type=int, help="v2: per-frame lower bound (default the checkpoint's, else 128*28*28)")
     a("--video-max-pixels", type=int, help="v2: per-frame upper bound (default the checkpoint's, else 256*28*28)")
     a("--revision", help="model revision on the hub")

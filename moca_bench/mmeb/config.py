@@ -87,7 +87,9 @@ class MMEBConfig:
     max_pixels: int | None = None
     """Per-image upper bound in pixels (default: the checkpoint's moca_config.json, else 1024*28*28)."""
     max_length: int | None = None
-    """Token limit after image expansion (default 1280, as the reference's MAX_LEN)."""
+    """Token limit after image expansion; inputs it cuts are counted per task. Default: v1 1280 (the checkpoint's
+    moca_config.json, else MoCa's eval.py MAX_LEN); v2 none, as the VLM2Vec harness (its max_len is None).
+    0 means none."""
     video_min_pixels: int | None = None
     """v2: per-frame lower bound for videos (default: the checkpoint's moca_config.json, else 128*28*28)."""
     video_max_pixels: int | None = None

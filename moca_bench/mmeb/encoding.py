@@ -6,7 +6,9 @@ fail only when decoded (truncated data) raise :class:`moca_model.MoCaInputError`
 ``item i`` index is mapped back to the pair, which is marked bad, and the chunk is re-run without it.
 ``strict`` turns the first bad pair into an error instead.
 
-Bad pairs come back as NaN rows plus a status code, so they travel through the float ``all_gather``.
+Bad pairs come back as NaN rows plus a status code, so they travel through the float ``all_gather``. Pairs
+longer than the encoder's ``max_length`` (text cut at the end, or an image dropped whole) are flagged, so
+the report counts them: nothing is cut silently.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class ShardResult:
     """(n, D) float32; NaN rows for bad pairs."""
     status: np.ndarray
     """(n,) int: OK, MISSING, UNREADABLE or REJECTED."""
+    truncated: np.ndarray
+    """(n,) bool: longer than the encoder's ``max_length`` tokens, so cut."""
     encoded: int = 0
     """Pairs encoded, each counted once (work lost to a retry after a bad image is not counted)."""
     seconds: float = 0.0
@@ -123,4 +127,6 @@ def encode_shard(
         encoded += len(chunk)
         if progress is not None:
             progress.update(len(chunk))
-    return ShardResult(emb, status, encoded, time.perf_counter() - start)
+    limit = encoder.processor.max_length
+    truncated = (lengths > limit) & (status == OK) if limit else np.zeros(n, dtype=bool)
+    return ShardResult(emb, status, truncated, encoded, time.perf_counter() - start)

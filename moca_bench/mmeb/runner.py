@@ -18,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from moca_bench.mmeb import dist, tasks
-from moca_bench.mmeb.cache import EmbeddingCache, content_hash, model_fingerprint
+from moca_bench.mmeb.cache import EmbeddingCache, content_hash, model_key
 from moca_bench.mmeb.config import MMEBConfig
 from moca_bench.mmeb.data import (
     SubsetData,
@@ -63,21 +63,6 @@ def load_encoder(cfg: MMEBConfig, ctx: dist.DistContext):
     )  # fmt: skip
 
 
-def encoder_settings(encoder, cfg: MMEBConfig) -> dict:
-    """Everything besides the checkpoint files that changes the vectors (part of the cache key)."""
-    import moca_model
-
-    model, proc = encoder.model, encoder.processor
-    return {
-        "dtype": str(next(model.parameters()).dtype),
-        "attn_implementation": getattr(model.config, "_attn_implementation", None),
-        "bidirectional": bool(model.bidirectional),  # the runtime attention mode, not the config's
-        "pooling": model.pooling,
-        "min_pixels": proc.min_pixels, "max_pixels": proc.max_pixels, "max_length": proc.max_length,
-        "processor": cfg.processor, "moca_model": moca_model.__version__,
-    }  # fmt: skip
-
-
 def load_subsets(cfg: MMEBConfig, names: list[str], ctx: dist.DistContext) -> dict[str, SubsetData]:
     """Read every selected subset (rank 0 first when downloading, so ranks share one download)."""
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
@@ -104,18 +89,25 @@ def load_subsets(cfg: MMEBConfig, names: list[str], ctx: dist.DistContext) -> di
 
 
 def _encode_subset(encoder, subset: SubsetData, cfg: MMEBConfig, ctx: dist.DistContext, bar) -> tuple:
-    """Encode across ranks; returns (embeddings (U, D), bad (U,), reasons, pairs encoded, seconds)."""
+    """Encode across ranks; returns (embeddings (U, D), bad (U,), reasons, pairs encoded, seconds, truncated (U,))."""
     start = time.perf_counter()
     shard = dist.shard_indices(len(subset.pairs), ctx)
     res = encode_shard(encoder, subset, shard, batch_size=cfg.batch_size, chunk_size=cfg.chunk_size,
                        num_workers=cfg.num_workers, strict=cfg.strict, progress=bar)  # fmt: skip
-    # Two extra float columns travel with the vectors: the pair's status code and the rank's encode count.
-    extra = np.stack([res.status.astype(np.float32), np.full(len(shard), res.encoded, dtype=np.float32)], axis=1)
-    full = dist.gather_shards(ctx, np.concatenate([res.embeddings, extra], axis=1), len(subset.pairs))  # (U, D + 2)
-    status = full[:, -2].astype(np.int64)
+    # Three extra float columns travel with the vectors: the pair's status code, whether it was truncated, and
+    # the rank's encode count.
+    extra = np.stack([res.status.astype(np.float32), res.truncated.astype(np.float32),
+                      np.full(len(shard), res.encoded, dtype=np.float32)], axis=1)  # fmt: skip
+    full = dist.gather_shards(ctx, np.concatenate([res.embeddings, extra], axis=1), len(subset.pairs))  # (U, D + 3)
+    status = full[:, -3].astype(np.int64)
     encoded = int(full[: ctx.world_size, -1].sum())  # pair j < W comes from rank j; ranks without pairs encoded 0
     reasons = {int(j): f"{STATUS_NAMES[int(status[j])]}: {subset.describe(j)!r}" for j in np.flatnonzero(status)}
-    return full[:, :-2], status != OK, reasons, encoded, time.perf_counter() - start
+    return full[:, :-3], status != OK, reasons, encoded, time.perf_counter() - start, full[:, -2] > 0
+
+
+def truncation_counts(truncated: np.ndarray, rows_touched: np.ndarray) -> dict:
+    """Report fields: inputs longer than ``max_length`` (cut), and the rows whose query or ranked answer was."""
+    return {"truncated_items": int(truncated.sum()), "truncated_rows": int(rows_touched.sum())}
 
 
 def _subset_entry(name: str, subset: SubsetData, scored: dict, reasons: dict, **extra) -> dict:
@@ -154,7 +146,7 @@ def run(cfg: MMEBConfig, *, encoder=None) -> dict | None:
         names = tasks.resolve_subsets(cfg.subsets)
         encoder = encoder if encoder is not None else load_encoder(cfg, ctx)
         model_dir = resolve_checkpoint(cfg.model, revision=cfg.revision)
-        key, inputs = model_fingerprint(model_dir, encoder_settings(encoder, cfg))
+        key, inputs = model_key(encoder, model_dir, cfg.processor)
         cache = EmbeddingCache(None if cfg.no_cache else Path(cfg.cache_dir or default_cache_dir()), key, inputs)
         t_load = time.perf_counter()
         subsets = load_subsets(cfg, names, ctx)
@@ -171,19 +163,20 @@ def run(cfg: MMEBConfig, *, encoder=None) -> dict | None:
                 loaded = cache.load(name, hashes[name]) if ctx.is_main else None
                 if ctx.is_main and loaded is None:
                     raise RuntimeError(f"{name}: cache file vanished during the run")
-                emb, bad, reasons = loaded if ctx.is_main else (None, None, None)
+                emb, bad, reasons, truncated = loaded if ctx.is_main else (None, None, None, None)
                 encoded, enc_s = 0, 0.0
             else:
-                emb, bad, reasons, encoded, enc_s = _encode_subset(encoder, subset, cfg, ctx, bar)
+                emb, bad, reasons, encoded, enc_s, truncated = _encode_subset(encoder, subset, cfg, ctx, bar)
                 if ctx.is_main:
-                    cache.save(name, hashes[name], emb, bad, reasons)
+                    cache.save(name, hashes[name], emb, bad, reasons, truncated)
             if ctx.is_main:
                 t = time.perf_counter()
                 scored = score_subset(subset, emb, bad, tie_rule=cfg.tie_rule)
                 row_hits[name] = scored.pop("row_hits")
                 timings = {"encode_s": round(enc_s, 3), "score_s": round(time.perf_counter() - t, 3)}
+                cut = truncated[subset.queries] | (truncated[subset.candidates] & (subset.candidates >= 0)).any(axis=1)
                 datasets[name] = _subset_entry(name, subset, scored, reasons, encoded_items=encoded, cache_hit=hit,
-                                               timings=timings)  # fmt: skip
+                                               **truncation_counts(truncated, cut), timings=timings)  # fmt: skip
                 logger.info("%s: hit@1 %s on %d rows (%d bad, %d tied)", name, _fmt(scored["score"]),
                             scored["scored_rows"], scored["bad_rows"], scored["tied_rows"])  # fmt: skip
         bar.close()
@@ -204,12 +197,12 @@ def build_report(cfg, datasets: dict, encoder, key: str, inputs: dict, ctx, *, l
     """Assemble the results dict written to ``mmeb.json``."""
     sums = {k: sum(d[k] for d in datasets.values()) for k in
             ("rows", "scored_rows", "bad_rows", "tied_rows", "top_tied_rows", "unique_items", "encoded_items",
-             "naive_forward_passes", "bad_items")}  # fmt: skip
+             "naive_forward_passes", "bad_items", "truncated_items", "truncated_rows")}  # fmt: skip
     return {
         "benchmark": "MMEB", "metric": "hit@1 (= precision@1), percent; ground truth at candidate 0",
         "tie_rule": cfg.tie_rule,
         "model": {"name": model_label(cfg), "path": str(cfg.model), "revision": cfg.revision, "cache_key": key,
-                  "settings": inputs["settings"]},
+                  "settings": inputs["settings"], "weights": inputs["weights"], "checkpoint": inputs["checkpoint"]},
         "data": {"source": cfg.data_dir or cfg.dataset, "revision": cfg.dataset_revision, "split": cfg.split,
                  "max_rows": cfg.max_rows, "subsets": list(datasets)},
         "run": {"world_size": ctx.world_size, "device": str(encoder.device), "batch_size": cfg.batch_size,

@@ -99,16 +99,22 @@ image + text inputs before writing the folder).
 from sentence_transformers import SentenceTransformer, util
 
 model = SentenceTransformer("$name")
-pages = model.encode_document(["page1.png", "page2.png"])  # image files or PIL images
+pages = model.encode_document(["page1.png", "page2.png"])  # page images: files or PIL images
 query = model.encode_query("What is the revenue in 2021?")
 print(util.semantic_search(query, pages, top_k=2)[0])
 ```
 
+`encode_document` is for **page images**: its prompt applies to inputs with an image only, so a text passage
+(`model.encode_document(["Revenue grew by 12% in 2021."])`) is encoded as its raw text, as MoCa encodes text
+targets. The same holds for the other image prompts (`image`, `image_question`, `image_text`).
+
 ## Prompts
 
 MoCa reads an input as: its images (unless its text places them with
-`<|vision_start|><|image_pad|><|vision_end|>`), then the prompt, then the text; a prompt containing `{text}`
-wraps the text. No chat markup, no EOS. `encode_query` and `encode_document` use `query` and `document`.
+`<|vision_start|><|image_pad|><|vision_end|>`, or MMEB's `<|image_1|>`), then the prompt, then the text; a
+prompt containing `{text}` wraps the text. No chat markup, no EOS. `encode_query` and `encode_document` use
+`query` and `document`. Several images in one input: `{"text": "compare <|image_1|> with <|image_2|>",
+"image": [a, b]}` (the same item works in `MoCaEncoder.encode`).
 
 $prompt_table
 
@@ -118,11 +124,18 @@ for image inputs. For other MMEB tasks pass the task's instruction, e.g.
 
 ## Differences from MoCaEncoder
 
-Same numbers (<= 1e-5 in float32) for text, images and image + text. Where they part:
+Same numbers (<= 1e-5 in float32) for text, RGB images and image + text, and for image files. Where they
+part, and what to do:
 
-- **Image repairs**: MoCaEncoder stretches sides under 28 px, pads aspect ratios over 200 and rescales
-  16-bit/float images; here transformers resizes small images directly, rejects aspect ratios over 200,
-  and clips 16-bit images. Pass such images through `moca_model.images.to_rgb(image, 0)` first.
+- **EXIF orientation**: an image *file* is turned upright by both. A PIL image carrying an EXIF orientation
+  tag is encoded as stored here, and upright by MoCaEncoder (as `datasets` decodes images).
+- **Transparency** (RGBA, LA, P with a transparent colour): transformers 5 composites the image onto white;
+  MoCaEncoder drops the alpha channel, as the transformers 4.x stack MoCa was trained and evaluated with.
+- **Sides under $min_side px**: MoCaEncoder stretches them to $min_side px first; transformers resizes
+  directly, which moves the embedding by about 1e-2 to 4e-2.
+- **Aspect ratios over 200, 16-bit/float images**: MoCaEncoder pads (white) and rescales them; here
+  transformers rejects the first and clips the second. `moca_model.images.to_rgb(image, 0)` prepares any
+  image exactly as MoCaEncoder does (needs `moca-toolkit`).
 - **Strings**: a string naming an existing image file is read as an image; MoCaEncoder reads strings as text.
   `bytes` are not accepted here; open them with PIL.
 - **bfloat16/float16**: sentence-transformers' Pooling returns the mean in the model dtype (MoCaEncoder keeps
@@ -131,6 +144,26 @@ Same numbers (<= 1e-5 in float32) for text, images and image + text. Where they 
   torchvision image processor, which moves image embeddings. Re-export with `moca_model.export_st` instead.
 - **Batching**: sentence-transformers sorts by character/pixel count and cuts fixed-size batches; MoCaEncoder
   sorts by token count, cuts padding-bounded batches and encodes duplicates once (see `make bench`).
+
+To get MoCaEncoder's numbers for any RGB, palette, grey, transparent, rotated or small image, prepare it
+like MoCaEncoder does (plain PIL):
+
+```python
+from PIL import Image, ImageOps
+
+
+def moca_image(image: Image.Image) -> Image.Image:
+    # what MoCaEncoder reads: upright (EXIF), alpha dropped, sides stretched to at least $min_side px
+    image = ImageOps.exif_transpose(image).convert("RGB")
+    image.info.pop("transparency", None)  # convert() keeps a palette's transparent colour; transformers reads it
+    width, height = image.size
+    if min(width, height) < $min_side:
+        image = image.resize((max(width, $min_side), max(height, $min_side)), Image.Resampling.BICUBIC)
+    return image
+
+
+pages = model.encode_document([moca_image(Image.open(path)) for path in ["page1.png", "page2.png"]])
+```
 
 ## Citation
 
@@ -164,7 +197,8 @@ def model_card(f: CardFacts) -> str:
         versions=", ".join(f"{k} {v}" for k, v in f.versions.items()),
         attention="bidirectional (`text_config.is_causal: false`)" if f.bidirectional else "causal (as trained)",
         min_pixels=f.min_pixels, max_pixels=f.max_pixels, min_tokens=f.min_pixels // _token_pixels(f.backbone),
-        max_tokens=f.max_pixels // _token_pixels(f.backbone), pooling=_POOLING_TEXT[f.pooling], dtype=f.dtype,
+        max_tokens=f.max_pixels // _token_pixels(f.backbone), min_side=int(_token_pixels(f.backbone) ** 0.5),
+        pooling=_POOLING_TEXT[f.pooling], dtype=f.dtype,
         prompt_table=_prompt_table(f.prompts),
         limit=f"{f.max_length} tokens after image expansion" if f.max_length else "none",
         dtype_note=_HALF_NOTE if half else "",

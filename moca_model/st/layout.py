@@ -10,14 +10,21 @@ that message as MoCa reads it:
 
 1. one ``<|vision_start|><|image_pad|><|vision_end|>`` per image, first, unless the text already places
    its images with that placeholder (interleaved input, as in :class:`moca_model.MoCaEncoder`);
-2. the prompt; a prompt containing ``{text}`` wraps the text instead (MMEB's ``"\n{instruction} {text}\n"``);
+2. the prompt; a prompt containing ``{text}`` wraps the text instead (MMEB's ``"\n{instruction} {text}\n"``).
+   The image prompts (:data:`IMAGE_PROMPT_NAMES`: ``document``, ``image``, ``image_question``,
+   ``image_text``) apply to inputs with an image only: ``encode_document`` on a text passage encodes the raw
+   text, as MoCa's text targets are (the page prompt would otherwise be glued onto the passage);
 3. the text.
 
-An input with nothing to read becomes a single space (MoCaEncoder does the same). Video or audio parts
-raise: MoCa reads text and images.
+As in MoCaEncoder (:func:`moca_model.processing_moca.normalize_item`), MMEB's Phi-3-V placeholders
+``<|image_1|>``, ``<|image_2|>``... become Qwen's placeholder; placeholders without images are removed; a
+placeholder count that differs from the image count raises. An input with nothing to read becomes a
+single space (MoCaEncoder does the same). Video or audio parts raise: MoCa reads text and images.
 """
 
 from __future__ import annotations
+
+import json
 
 from moca_model.prompts import (
     IMAGE_INSTRUCTION,
@@ -29,10 +36,16 @@ from moca_model.prompts import (
 
 TEXT_SLOT = "{text}"  # in a prompt: where the input's text goes (otherwise it follows the prompt)
 
-CHAT_TEMPLATE = """\
+PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"  # moca_model.processing_moca.IMAGE_PLACEHOLDER
+IMAGE_PROMPT_NAMES = ("document", "image", "image_question", "image_text")  # prompts for inputs with an image
+
+_TEMPLATE = """\
 {#- MoCa's input layout (moca_model/st/layout.py): images first unless the text places them, then the
-    prompt (the system message), then the text; a prompt containing {text} wraps the text.
+    prompt (the system message), then the text; a prompt containing {text} wraps the text. An image prompt
+    (listed below) applies to inputs with an image only. <|image_N|> becomes Qwen's placeholder.
     No chat markup, no EOS; an empty input reads as one space. -#}
+{%- set image_prompts = IMAGE_PROMPTS -%}
+{%- set ph = '<|vision_start|><|image_pad|><|vision_end|>' -%}
 {%- set ns = namespace(images=0, prompt='', text='') -%}
 {%- for message in messages -%}
 {%- set parts = [{'type': 'text', 'text': message['content']}] if message['content'] is string
@@ -49,10 +62,38 @@ CHAT_TEMPLATE = """\
 {%- endif -%}
 {%- endfor -%}
 {%- endfor -%}
-{%- set body = ns.prompt.replace('{text}', ns.text) if '{text}' in ns.prompt else ns.prompt + ns.text -%}
-{%- set head = '' if '<|image_pad|>' in ns.text
-    else '<|vision_start|><|image_pad|><|vision_end|>' * ns.images -%}
-{{- head + body if head + body else ' ' -}}"""
+{%- set prompt = '' if ns.images == 0 and ns.prompt in image_prompts else ns.prompt -%}
+{%- set body = prompt.replace('{text}', ns.text) if '{text}' in prompt else prompt + ns.text -%}
+{%- set pieces = body.split('<|image_') -%}
+{%- set out = namespace(text=pieces[0]) -%}
+{%- for piece in pieces[1:] -%}
+{%- set end = piece.find('|>') -%}
+{%- if end > 0 and piece[:end].isdigit() -%}
+{%- set out.text = out.text + ph + piece[end + 2:] -%}
+{%- else -%}
+{%- set out.text = out.text + '<|image_' + piece -%}
+{%- endif -%}
+{%- endfor -%}
+{%- set found = out.text.count(ph) -%}
+{%- if ns.images and not found -%}
+{%- set out.text = ph * ns.images + out.text -%}
+{%- elif found and not ns.images -%}
+{%- set out.text = out.text.replace(ph, '') -%}
+{%- elif found != ns.images -%}
+{{- raise_exception(found ~ ' image placeholders for ' ~ ns.images ~ ' images') -}}
+{%- endif -%}
+{{- out.text if out.text else ' ' -}}"""
+
+
+def chat_template(image_prompts) -> str:
+    """The chat template, with ``image_prompts`` (the texts of the prompts that apply to image inputs only)."""
+    return _TEMPLATE.replace("IMAGE_PROMPTS", json.dumps(sorted(set(image_prompts))))
+
+
+def image_prompts(prompts: dict[str, str]) -> list[str]:
+    """The texts of the image prompts among ``prompts`` (:data:`IMAGE_PROMPT_NAMES`)."""
+    return [text for name, text in prompts.items() if name in IMAGE_PROMPT_NAMES]
+
 
 # name -> prompt. ViDoRe's pair (``encode_query`` / ``encode_document`` pick them up by name) and MMEB's
 # wording for image inputs; any other MMEB instruction is passed as ``prompt="... {text}\n"``.
@@ -102,3 +143,21 @@ def apply_prompt(text: str, prompt: str | None) -> str:
     """
     prompt = prompt or ""
     return prompt.replace(TEXT_SLOT, text) if TEXT_SLOT in prompt else prompt + text
+
+
+CHAT_TEMPLATE = chat_template(image_prompts(DEFAULT_PROMPTS))  # the template of an export with the default prompts
+
+
+def layout_text(text: str, prompt: str | None, n_images: int, image_only: list[str] | tuple = ()) -> str:
+    """The text MoCaEncoder must read for one input so that it equals :data:`CHAT_TEMPLATE`'s rendering.
+
+    Args:
+        text: the input's text (``""`` when it has none).
+        prompt: the prompt, or None.
+        n_images: how many images the input has.
+        image_only: prompts that apply to inputs with an image only (:func:`image_prompts`).
+
+    Returns:
+        :func:`apply_prompt`'s text, without the prompt when it is an image prompt and there is no image.
+    """
+    return apply_prompt(text, None if n_images == 0 and prompt in image_only else prompt)

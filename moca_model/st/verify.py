@@ -1,8 +1,9 @@
 """Probe inputs and the parity check of an exported sentence-transformers folder against MoCaEncoder.
 
-The probes cover text, images and image + text, with and without prompts, in padded mixed batches. Their
-MoCaEncoder equivalents come from :func:`as_moca_item`, which applies the same layout rule as the chat
-template (:func:`moca_model.st.layout.apply_prompt`).
+The probes cover text, images and image + text, with and without prompts, in padded mixed batches, a text
+passage under the (image-only) document prompt and MMEB's ``<|image_1|>`` placeholder. Their MoCaEncoder
+equivalents come from :func:`as_moca_item`, which applies the same layout rule as the chat template
+(:func:`moca_model.st.layout.layout_text`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from moca_model.st.layout import apply_prompt
+from moca_model.st.layout import image_prompts, layout_text
 from moca_model.st.write import ExportError, check_pil
 
 logger = logging.getLogger(__name__)
@@ -38,27 +39,33 @@ def probe_groups() -> list[tuple[str | None, list]]:
     """(prompt name, sentence-transformers inputs): text, images and image + text, with and without prompts."""
     a, b = probe_images()
     question = "What colour is the square?"
+    mmeb = "<|image_1|>\nRepresent the given image with the following question: " + question  # Phi-3-V placeholder
     return [
-        (None, ["What is the total revenue in 2021?", "a short query", a, {"image": b, "text": question}]),
-        ("document", [a, b]),
+        (None, ["What is the total revenue in 2021?", "a short query", a, {"image": b, "text": question},
+                {"image": a, "text": mmeb}]),
+        ("document", [a, b, "Revenue grew by 12% in 2021."]),  # a text passage: the page prompt is for pages
         ("image_question", [{"image": a, "text": question}, {"image": b, "text": "Where is it?"}]),
-    ]
+    ]  # fmt: skip
 
 
-def as_moca_item(item, prompt: str | None) -> dict:
-    """The MoCaEncoder item equivalent to one sentence-transformers input (str, PIL image or dict) under ``prompt``."""
+def as_moca_item(item, prompt: str | None, image_only=()) -> dict:
+    """The MoCaEncoder item equivalent to one sentence-transformers input (str, PIL image or dict) under ``prompt``.
+
+    ``image_only``: the prompts that apply to inputs with an image only (:func:`moca_model.st.layout.image_prompts`).
+    """
     if isinstance(item, str):
         item = {"text": item}
     elif isinstance(item, Image.Image):
         item = {"image": item}
     images = item.get("image")
     images = [] if images is None else list(images) if isinstance(images, (list, tuple)) else [images]
-    return {"text": apply_prompt(item.get("text") or "", prompt), "images": images}
+    return {"text": layout_text(item.get("text") or "", prompt, len(images), image_only), "images": images}
 
 
 def reference(encoder, prompts: dict[str, str]) -> list[np.ndarray]:
     """MoCaEncoder's embeddings of every probe group."""
-    return [encoder.encode([as_moca_item(x, prompts.get(name)) for x in items], show_progress=False)
+    only = image_prompts(prompts)
+    return [encoder.encode([as_moca_item(x, prompts.get(name), only) for x in items], show_progress=False)
             for name, items in probe_groups()]  # fmt: skip
 
 

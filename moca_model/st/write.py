@@ -15,12 +15,13 @@ from pathlib import Path
 
 from moca_model.errors import MoCaError
 from moca_model.st.layout import (
-    CHAT_TEMPLATE,
     MODALITY_CONFIG,
     MODULE_OUTPUT_NAME,
     PROCESSING_KWARGS,
     PROCESSOR_KWARGS,
     REQUIREMENTS,
+    chat_template,
+    image_prompts,
 )
 
 ST_POOLING = {"mean": "mean", "last": "lasttoken"}  # MoCa pooling -> sentence-transformers Pooling mode
@@ -31,7 +32,7 @@ class ExportError(MoCaError, RuntimeError):
     """The export cannot be written faithfully (environment, destination or a failed parity check)."""
 
 
-def write_model(encoder, folder: Path, *, dtype: str, source_dir: Path | None) -> dict:
+def write_model(encoder, folder: Path, *, dtype: str, source_dir: Path | None, prompts: dict[str, str]) -> dict:
     """Write the transformers files of ``encoder`` into a new ``folder``.
 
     Args:
@@ -39,6 +40,7 @@ def write_model(encoder, folder: Path, *, dtype: str, source_dir: Path | None) -
         folder: created; must not exist.
         dtype: weight dtype to write (``float32``, ``bfloat16``, ...).
         source_dir: the source checkpoint, whose ``moca_config.json`` keys are kept.
+        prompts: the exported prompts (the chat template lists the image prompts among them).
 
     Returns:
         Facts for the model card: ``dim``, ``bidirectional``, ``pooling``, ``backbone``, ``min_pixels``,
@@ -59,7 +61,7 @@ def write_model(encoder, folder: Path, *, dtype: str, source_dir: Path | None) -
         tokenizer.model_max_length = proc.max_length  # MoCa's truncation
     tokenizer.save_pretrained(folder)
     proc.image_processor.save_pretrained(folder)
-    (folder / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    (folder / "chat_template.jinja").write_text(chat_template(image_prompts(prompts)))
     source_settings = source_dir / "moca_config.json" if source_dir else None
     settings = json.loads(source_settings.read_text()) if source_settings and source_settings.is_file() else {}
     settings.update(min_pixels=proc.min_pixels, max_pixels=proc.max_pixels, max_length=proc.max_length)

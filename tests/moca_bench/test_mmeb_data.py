@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from moca_bench.mmeb import tasks
-from moca_bench.mmeb.cache import EmbeddingCache, content_hash, model_fingerprint
+from moca_bench.mmeb.cache import EmbeddingCache, content_hash
 from moca_bench.mmeb.data import MMEBDataError, build_subset, find_image_root, read_hub_rows, read_local_rows
 from moca_bench.mmeb.report import aggregate, markdown_table
 from moca_bench.mmeb.synthetic import forward_passes, mmeb_structure, synthetic_rows, write_sample
@@ -107,27 +107,27 @@ def _tiny_model_dir(tmp_path: Path, payload: bytes) -> Path:
     return d
 
 
-def test_fingerprint_tracks_weights_and_settings(tmp_path, monkeypatch):
-    import moca_model.cache as cache_mod  # the checkpoint-file digest the encoder cache shares
+def test_checkpoint_fingerprint_tracks_the_files(tmp_path, monkeypatch):
+    import moca_model.cache as cache_mod  # the checkpoint-file digest of the one identity rule (model_key)
 
+    fingerprint = cache_mod.checkpoint_fingerprint
     d = _tiny_model_dir(tmp_path, b"\x00" * 4096)
-    key, inputs = model_fingerprint(d, {"dtype": "float32"})
-    assert set(inputs["files"]) == {"config.json", "model.safetensors"}
-    assert model_fingerprint(d, {"dtype": "bfloat16"})[0] != key
+    key = fingerprint(d)
+    assert set(cache_mod.checkpoint_files(d)) == {"config.json", "model.safetensors"}
     st = (d / "model.safetensors").stat()
     (d / "model.safetensors").write_bytes(b"\x01" * 4096)  # same size, same mtime: the content decides
     import os
 
     os.utime(d / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert model_fingerprint(d, {"dtype": "float32"})[0] != key
+    assert fingerprint(d) != key
     monkeypatch.setattr(cache_mod, "_FULL_HASH_LIMIT", 1024)  # large-file path: header + sampled blocks
     monkeypatch.setattr(cache_mod, "_SAMPLE_SIZE", 64)
     big = bytearray((8).to_bytes(8, "little") + b'{"a": 1}' + bytes(4096))
     d = _tiny_model_dir(tmp_path, bytes(big))
-    k1 = model_fingerprint(d, {})[0]
+    k1 = fingerprint(d)
     big[-1] = 7  # the last sampled block
     (d / "model.safetensors").write_bytes(bytes(big))
-    assert model_fingerprint(d, {})[0] != k1
+    assert fingerprint(d) != k1
 
 
 def test_cache_round_trip_and_damaged_files(tmp_path):
@@ -137,11 +137,13 @@ def test_cache_round_trip_and_damaged_files(tmp_path):
     emb = np.arange(12, dtype=np.float32).reshape(6, 2)
     bad = np.array([0, 1, 0, 0, 0, 0], dtype=bool)
     emb[1] = np.nan
-    cache.save("CIRR", chash, emb, bad, {1: "missing image: 'b.png'"})
+    cut = np.array([0, 0, 1, 0, 0, 0], dtype=bool)
+    cache.save("CIRR", chash, emb, bad, {1: "missing image: 'b.png'"}, cut)
     assert cache.contains("CIRR", chash) and not cache.contains("CIRR", "other")
-    got, got_bad, reasons = cache.load("CIRR", chash)
+    got, got_bad, reasons, got_cut = cache.load("CIRR", chash)
     np.testing.assert_array_equal(got, emb)
     assert got_bad.tolist() == bad.tolist() and reasons == {1: "missing image: 'b.png'"}
+    assert got_cut.tolist() == cut.tolist()
     assert EmbeddingCache(tmp_path / "c", "k2", {}).load("CIRR", chash) is None  # another model key
     assert sorted(p.name for p in (tmp_path / "c" / "k1").iterdir()) == ["CIRR.safetensors", "fingerprint.json"]
     cache.path("CIRR").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")  # e.g. a foreign or damaged file

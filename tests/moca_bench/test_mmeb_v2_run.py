@@ -198,3 +198,49 @@ def test_cli_runs_all_three_families_with_the_tiny_model(tiny_dir, tiny_encoder,
     video_item = next(i for i, x in enumerate(data.pairs) if x.video)
     enc = proc.process(normalize_item(data.item(video_item), 0), 0)
     assert enc.video_grid_thw is not None and enc.pixel_values is None  # frames as one video, not as images
+
+
+# --- issue 24: truncation, frame folders, graded headline ----------------------------------------------------------
+
+
+def test_v2_never_truncates_by_default_and_counts_what_a_limit_cuts(tiny_dir, sample, tmp_path):
+    """The reference never truncates (max_len None); a given --max-length cuts, and every cut is counted."""
+    report = run(_cfg(tiny_dir, sample, tmp_path, subsets=["OK-VQA"], no_cache=True))  # the runner loads the model
+    assert report["settings"]["max_length"] is None and report["model"]["settings"]["max_length"] is None
+    assert report["totals"]["truncated_items"] == report["datasets"]["OK-VQA"]["truncated_rows"] == 0
+    cut = run(_cfg(tiny_dir, sample, tmp_path, subsets=["OK-VQA"], no_cache=True, max_length=20,
+                   output_dir=str(tmp_path / "cut")))  # fmt: skip
+    d = cut["datasets"]["OK-VQA"]
+    assert d["truncated_items"] >= d["rows"] == d["truncated_rows"] > 0  # every query (image + question) is cut
+    assert d["bad_items"] == 0 and cut["settings"]["max_length"] == 20
+    assert f"{d['truncated_items']} inputs cut at max_length=20" in (tmp_path / "cut" / "m" / "mmeb_v2.md").read_text()
+
+
+def test_empty_frame_folders_read_as_text_and_damaged_frames_are_dropped(tiny_dir, tiny_encoder, tmp_path):
+    """As the reference: an empty frame list is encoded as text only; a frame that cannot be decoded is dropped."""
+    data = write_v2_sample(tmp_path / "frames")
+    videos = data / "data" / "video-tasks" / "frames" / "video_ret" / "MSR-VTT"
+    for frame in (videos / "v1").iterdir():
+        frame.unlink()  # an existing but empty frame folder
+    first = sorted((videos / "v0").iterdir())[0]  # the first frame is always sampled
+    jpeg = first.read_bytes()
+    first.write_bytes(jpeg[: jpeg.index(b"\xff\xda") + 20])  # the header reads (up to start of scan), pixels cut
+    d = run(_cfg(tiny_dir, data, tmp_path, subsets=["MSR-VTT"], no_cache=True), encoder=tiny_encoder)["datasets"]
+    m = d["MSR-VTT"]
+    assert (m["bad_items"], m["bad_rows"], m["text_only_videos"]) == (0, 0, 1), m["bad_examples"]
+    assert m["scored_rows"] == m["rows"] == 3
+
+
+def test_graded_tasks_show_the_reference_order_beside_the_correct_one(hashed):
+    from moca_bench.mmeb.report import _fmt
+
+    report, _, tmp = hashed
+    lines = (tmp / "out" / "m" / "mmeb_v2.md").read_text().splitlines()
+    for name in ("ViDoRe_esg_reports_human_labeled_v2", "ViDoSeek-doc"):
+        d = report["datasets"][name]
+        row = next(line for line in lines if line.startswith(f"| {name} "))
+        assert f"{_fmt(d['score'])} (reference grade order {_fmt(d['score_reference_grade_order'])})" in row
+    other = report["aggregates_reference_grade_order"]
+    assert other["modalities"]["visdoc"]["score"] != report["aggregates"]["modalities"]["visdoc"]["score"]
+    row = next(line for line in lines if line.startswith("| **visdoc** "))
+    assert f"(reference grade order {_fmt(other['modalities']['visdoc']['score'])})" in row

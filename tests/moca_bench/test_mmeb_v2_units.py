@@ -180,3 +180,29 @@ def test_a_frame_count_that_cannot_fit_fails_before_encoding(tiny_encoder):
     with pytest.raises(ValueError, match="Raise --max-length"):
         check_video_budget(proc, MMEBConfig(model="m", benchmark="v2", num_frames=300), ["MSR-VTT"])
     check_video_budget(proc, MMEBConfig(model="m", benchmark="v2", num_frames=300), ["OK-VQA"])  # no video
+
+
+def test_a_qrels_page_missing_from_the_corpus_is_looked_up_where_the_pages_are(tmp_path):
+    """A qrel page outside the corpus is read from the task's page folder (the reference's image_root), not the
+    page cache's root, where another task's page of the same id may sit."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from moca_bench.mmeb.v2.data import TableSource
+    from moca_bench.mmeb.v2.parse import ParseOptions, parse_task
+    from moca_bench.mmeb.v2.synthetic import write_image, write_v2_sample
+
+    sample = write_v2_sample(tmp_path / "s")
+    qrels = sample / "hub" / "vidore" / "shiftproject_test_beir" / "qrels" / "test-00000-of-00001.parquet"
+    rows = pq.read_table(qrels).to_pylist()
+    pq.write_table(pa.Table.from_pylist([*rows, {**rows[0], "corpus-id": 99, "score": 1}]), qrels)
+    pages = tmp_path / "pages"
+    write_image(pages / "ViDoRe_shiftproject" / "99.png", np.random.default_rng(0))  # e.g. from an earlier run
+    write_image(pages / "99.png", np.random.default_rng(1))  # not this task's page
+    task = t.TASKS["ViDoRe_shiftproject"]
+    data = parse_task(task, TableSource(sample / "hub"), None, ParseOptions(page_cache=pages))
+    images = {x.image for x in data.pairs}
+    assert str(pages / "ViDoRe_shiftproject" / "99.png") in images and str(pages / "99.png") not in images
+    shutil.rmtree(sample)

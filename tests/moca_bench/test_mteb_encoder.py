@@ -251,3 +251,13 @@ def test_loader_honours_the_checkpoint_pooling_and_the_pooling_kwarg(tiny_dir, t
     assert MoCaMTEBEncoder("local/last", checkpoint=str(last), device="cpu").model.pooling == "last"
     forced = MoCaMTEBEncoder("local/last", checkpoint=str(last), device="cpu", pooling="mean")
     assert forced.model.pooling == "mean"
+
+
+def test_a_dropped_adapter_stops_its_device_workers(tiny_dir, wait_gone):
+    import gc
+
+    model = MoCaMTEBEncoder("local/tiny", checkpoint=str(tiny_dir), devices="cpu,cpu")
+    pids = [p.pid for p in model.encoder.pool._procs]
+    del model  # what happens when mteb.evaluate returns and the caller lets go of the model
+    gc.collect()
+    assert wait_gone(pids, 30) == [], "the adapter's device workers outlived it"

@@ -56,3 +56,37 @@ def test_chat_template_renders_apply_prompt():
     assert render(None, [{"type": "text", "text": ""}]) == " "  # MoCaEncoder encodes empty text as a space
     with pytest.raises(jinja2.exceptions.TemplateError, match="text and images only"):
         render(None, [{"type": "video", "video": None}])
+
+
+def test_chat_template_image_prompts_placeholders_and_mismatches():
+    """Image prompts apply to image inputs only; <|image_N|> becomes Qwen's placeholder; counts must match."""
+    jinja2 = pytest.importorskip("jinja2")
+    from moca_model.st.layout import CHAT_TEMPLATE, image_prompts, layout_text
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    template = jinja2.Environment().from_string(CHAT_TEMPLATE)
+    ph = "<|vision_start|><|image_pad|><|vision_end|>"
+    img = {"type": "image", "image": None}
+
+    def render(prompt, text, n_images=0):
+        system = [{"role": "system", "content": [{"type": "text", "text": prompt}]}] if prompt else []
+        parts = [{"type": "text", "text": text}, *[img] * n_images]
+        return template.render(messages=[*system, {"role": "user", "content": parts}], raise_exception=raise_exception)
+
+    only = image_prompts(DEFAULT_PROMPTS)
+    assert sorted(only) == sorted(DEFAULT_PROMPTS[n] for n in ("document", "image", "image_question", "image_text"))
+    passage = "Revenue grew by 12% in 2021."
+    for name, prompt in DEFAULT_PROMPTS.items():
+        assert render(prompt, passage) == layout_text(passage, prompt, 0, only), name
+        assert render(prompt, passage, 1) == ph + layout_text(passage, prompt, 1, only), name
+    assert render(DEFAULT_PROMPTS["document"], passage) == passage  # not "...document image.Revenue grew..."
+    custom = "Find me an everyday image that matches the given caption: {text}\n"
+    assert render(custom, "a red circle") == apply_prompt("a red circle", custom)  # other prompts: every input
+    assert render(None, "<|image_1|>\nwhat colour?", 1) == ph + "\nwhat colour?"
+    assert render(None, "compare <|image_1|> with <|image_12|>", 2) == f"compare {ph} with {ph}"
+    assert render(None, "<|image_x|> stays, <|image_|> too", 0) == "<|image_x|> stays, <|image_|> too"
+    assert render(None, "a stray <|image_1|> placeholder") == "a stray  placeholder"  # as MoCaEncoder removes it
+    with pytest.raises(jinja2.exceptions.TemplateError, match="2 image placeholders for 1 images"):
+        render(None, f"{ph} and {ph}", 1)

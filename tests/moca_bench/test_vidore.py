@@ -218,3 +218,12 @@ def test_pooling_comes_from_the_checkpoint_or_moca_pooling(tiny_dir, tmp_path, m
     shutil.copytree(tiny_dir, last)
     moca_config.update(last, pooling="last")
     assert MoCaVidoreRetriever(str(last), num_workers=0).encoder.model.pooling == "last"
+
+
+def test_close_stops_the_device_workers(tiny_dir, monkeypatch, wait_gone):
+    monkeypatch.setenv("MOCA_DEVICES", "cpu,cpu")
+    r = MoCaVidoreRetriever(str(tiny_dir), num_workers=0)
+    pids = [p.pid for p in r.encoder.pool._procs]
+    assert r.forward_queries(["a query"], batch_size=1).shape == (1, r.encoder.dim)
+    r.close()
+    assert wait_gone(pids, 30) == [], "the retriever's device workers outlived close()"

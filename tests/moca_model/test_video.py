@@ -228,3 +228,27 @@ def test_video_sdpa_and_eager_agree(tiny_dir, video_items):
     a = sdpa.encode(video_items, batch_size=3, show_progress=False)
     b = eager.encode(video_items, batch_size=5, show_progress=False)
     assert np.abs(a - b).max() <= 1e-5
+
+
+def test_a_damaged_frame_is_dropped_and_the_video_kept(tiny_encoder, tmp_path, caplog):
+    """As the MMEB-V2 reference's image processor: a frame whose pixels cannot be decoded is skipped."""
+    import logging
+
+    from moca_model import MoCaInputError
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for i in range(4):
+        path = tmp_path / f"frame_{i}.jpg"
+        Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(path, quality=90)
+        frames.append(path)
+    damaged = tmp_path / "damaged.jpg"
+    jpeg = frames[1].read_bytes()
+    damaged.write_bytes(jpeg[: jpeg.index(b"\xff\xda") + 20])  # the header reads (up to start of scan), pixels cut
+    with caplog.at_level(logging.WARNING, logger="moca_model.video"):
+        got = tiny_encoder.encode([{"text": "clip", "video": [frames[0], damaged, frames[2], frames[3]]}])
+    want = tiny_encoder.encode([{"text": "clip", "video": [frames[0], frames[2], frames[3]]}])
+    np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+    assert "dropped 1 damaged frame" in caplog.text and "damaged.jpg" in caplog.text
+    with pytest.raises(MoCaInputError, match="item 0: no frame of video .* decodes"):
+        tiny_encoder.encode([{"text": "clip", "video": [damaged, damaged]}])

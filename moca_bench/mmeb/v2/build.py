@@ -27,7 +27,7 @@ import numpy as np
 
 from moca_bench.mmeb.v2.tasks import V2Task
 
-FORMAT_VERSION = 1  # bump when a parser's output changes
+FORMAT_VERSION = 2  # bump when a parser's output changes; 2: empty frame folders read as text only
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,13 @@ class TaskData:
         return len(self.queries)
 
     def item(self, index: int) -> dict:
-        """Encoder input for input ``index`` (see :meth:`moca_model.MoCaEncoder.encode`)."""
+        """Encoder input for input ``index`` (see :meth:`moca_model.MoCaEncoder.encode`), as the reference reads it.
+
+        - a video whose frame folder exists but holds no frame is read as text only (the reference's collator
+          drops an empty frame list); a missing folder stays a video without frames, a bad input;
+        - a damaged frame is dropped and the video kept (:func:`moca_model.video.decode_frames`, as the
+          reference's image processor skips a frame it cannot convert).
+        """
         from moca_bench.mmeb.v2.text import model_text
         from moca_model.video import Video
 
@@ -88,9 +94,13 @@ class TaskData:
         out: dict = {"text": model_text(x.text)}
         if x.image:
             out["image"] = x.image
-        if x.video:
+        if x.video and (x.frames or not Path(x.video).is_dir()):
             out["video"] = Video(x.frames, source=x.video)
         return out
+
+    def text_only_videos(self) -> int:
+        """Video inputs read as text only because their frame folder holds no frame (see :meth:`item`)."""
+        return sum(1 for x in self.pairs if x.video and not x.frames and Path(x.video).is_dir())
 
     def image_path(self, index: int) -> Path | None:
         """The media file whose absence makes input ``index`` bad (first missing frame), or its main file."""

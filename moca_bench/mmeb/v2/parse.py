@@ -94,19 +94,26 @@ def page_name(task: V2Task, cid) -> str:
     return visrag_file_name(cid) if task.parser == "visrag" else f"{cid}.png"
 
 
+def _page_file(task: V2Task, folder: Path | None, opts: ParseOptions, cid) -> Path:
+    """Where corpus page ``cid`` is read from: the media folder's file when it exists, else the page cache's."""
+    name = page_name(task, cid)
+    if folder is not None and (folder / name).is_file():
+        return folder / name
+    return (opts.page_cache or folder) / task.name / name
+
+
 def _page_paths(task: V2Task, source: TableSource, folder: Path | None, opts: ParseOptions) -> dict:
     """``{corpus-id: page file}``: the media folder's file, else one written into the page cache."""
     if folder is None and opts.page_cache is None:
         raise MMEBDataError(f"{task.name}: no page folder and no page cache to write pages into")
-    cache = (opts.page_cache or folder) / task.name
     paths, missing = {}, set()
     for row in iter_corpus(source, task, with_images=False):
         cid = row["corpus-id"]
-        fname = page_name(task, cid)
-        paths[cid] = folder / fname if folder is not None and (folder / fname).is_file() else cache / fname
+        paths[cid] = _page_file(task, folder, opts, cid)
         if not paths[cid].is_file():
             missing.add(cid)
     if missing:
+        cache = (opts.page_cache or folder) / task.name
         logger.info("%s: writing %d page images from the corpus into %s", task.name, len(missing), cache)
         cache.mkdir(parents=True, exist_ok=True)
         for row in iter_corpus(source, task, with_images=True):
@@ -127,8 +134,8 @@ def parse_visdoc(task: V2Task, source: TableSource, folder: Path | None, opts: P
     pages = _page_paths(task, source, folder, opts)
     target = input_text(DOC_TARGET, image=True)
 
-    def page(cid) -> Input:  # a qrel page missing from the corpus: the media folder's file (counted if absent)
-        return Input(target, image=str(pages.get(cid) or (folder or opts.page_cache or Path()) / page_name(task, cid)))
+    def page(cid) -> Input:  # a qrel page missing from the corpus: looked up where corpus pages are (bad if absent)
+        return Input(target, image=str(pages.get(cid) or _page_file(task, folder, opts, cid)))
 
     for q in _first(queries, opts.max_rows):
         rel = mapping.get(q["query-id"])

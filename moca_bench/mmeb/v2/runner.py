@@ -11,28 +11,30 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from moca_bench.mmeb import dist
-from moca_bench.mmeb.cache import EmbeddingCache, model_fingerprint
+from moca_bench.mmeb.cache import EmbeddingCache, model_key
 from moca_bench.mmeb.config import MMEBConfig
 from moca_bench.mmeb.report import _fmt, find_published, package_versions
-from moca_bench.mmeb.runner import _encode_subset, default_cache_dir, encoder_settings, load_encoder, model_label
+from moca_bench.mmeb.runner import _encode_subset, default_cache_dir, load_encoder, model_label, truncation_counts
 from moca_bench.mmeb.v2 import tasks as tasks
 from moca_bench.mmeb.v2.build import TaskData
 from moca_bench.mmeb.v2.data import TableSource, hub_media_root, media_dir
 from moca_bench.mmeb.v2.parse import ParseOptions, parse_task
 from moca_bench.mmeb.v2.report import PUBLISHED_FILE, aggregate_v2, write_report_v2
-from moca_bench.mmeb.v2.scoring import score_task
+from moca_bench.mmeb.v2.scoring import rows_touched, score_task
 
 logger = logging.getLogger(__name__)
 
 _MAX_BAD_EXAMPLES = 5
 _SUMMED = ("rows", "scored_rows", "bad_rows", "dropped_rows", "tied_rows", "top_tied_rows", "unique_items",
-           "encoded_items", "reference_forward_passes", "bad_items")  # fmt: skip
+           "encoded_items", "reference_forward_passes", "bad_items", "truncated_items", "truncated_rows",
+           "text_only_videos")  # fmt: skip
 
 
 def _pairs(entries: list[str] | None) -> dict[str, str]:
@@ -101,7 +103,7 @@ def _entry(data: TaskData, scored: dict, reasons: dict, **extra) -> dict:
         "reference_forward_passes": data.n_rows + len(data.names), "published_queries": task.queries,
         "bad_items": len(reasons), "bad_examples": [reasons[k] for k in sorted(reasons)[:_MAX_BAD_EXAMPLES]],
         "source": task.repo + (f" ({task.config})" if task.config else "") + f" [{task.split}]",
-        "notes": data.notes, **extra,
+        "text_only_videos": data.text_only_videos(), "notes": data.notes, **extra,
     }  # fmt: skip
 
 
@@ -124,12 +126,10 @@ def run_v2(cfg: MMEBConfig, *, encoder=None) -> dict | None:
     ctx = dist.init_distributed(cfg.device)
     try:
         names = tasks.resolve_tasks(cfg.subsets)
-        encoder = encoder if encoder is not None else load_encoder(cfg, ctx)
-        proc = encoder.processor
-        check_video_budget(proc, cfg, names)
-        settings = {**encoder_settings(encoder, cfg), "video_min_pixels": proc.video_min_pixels,
-                    "video_max_pixels": proc.video_max_pixels}  # fmt: skip
-        key, inputs = model_fingerprint(resolve_checkpoint(cfg.model, revision=cfg.revision), settings)
+        if encoder is None:  # the reference never truncates an input (its max_len is None): no limit unless given
+            encoder = load_encoder(cfg if cfg.max_length is not None else replace(cfg, max_length=0), ctx)
+        check_video_budget(encoder.processor, cfg, names)
+        key, inputs = model_key(encoder, resolve_checkpoint(cfg.model, revision=cfg.revision), cfg.processor)
         cache_root = Path(cfg.cache_dir or default_cache_dir())
         cache = EmbeddingCache(None if cfg.no_cache else cache_root, key, inputs)
         t_load = time.perf_counter()
@@ -143,20 +143,22 @@ def run_v2(cfg: MMEBConfig, *, encoder=None) -> dict | None:
         for name, hit in zip(names, cached):
             bar.set_postfix_str(name)
             if hit:
-                loaded = cache.load(f"v2__{name}", hashes[name]) if ctx.is_main else (None, None, None)
+                loaded = cache.load(f"v2__{name}", hashes[name]) if ctx.is_main else (None,) * 4
                 if loaded is None:
                     raise RuntimeError(f"{name}: cache file vanished during the run")
-                (emb, bad, reasons), encoded, enc_s = loaded, 0, 0.0
+                (emb, bad, reasons, truncated), encoded, enc_s = loaded, 0, 0.0
             else:
-                emb, bad, reasons, encoded, enc_s = _encode_subset(encoder, data[name], cfg, ctx, bar)
+                emb, bad, reasons, encoded, enc_s, truncated = _encode_subset(encoder, data[name], cfg, ctx, bar)
                 if ctx.is_main:
-                    cache.save(f"v2__{name}", hashes[name], emb, bad, reasons)
+                    cache.save(f"v2__{name}", hashes[name], emb, bad, reasons, truncated)
             if ctx.is_main:
                 t = time.perf_counter()
                 scored = score_task(data[name], emb, bad, tie_rule=cfg.tie_rule, grade_order=cfg.grade_order)
                 timings = {"encode_s": round(enc_s, 3), "score_s": round(time.perf_counter() - t, 3)}
                 results[name] = _entry(data[name], scored, reasons, encoded_items=encoded, cache_hit=hit,
-                                       dropped_examples=data[name].dropped[:_MAX_BAD_EXAMPLES], timings=timings)
+                                       dropped_examples=data[name].dropped[:_MAX_BAD_EXAMPLES],
+                                       **truncation_counts(truncated, rows_touched(data[name], truncated)),
+                                       timings=timings)  # fmt: skip
                 logger.info("%s: %s %s on %d rows (%d bad, %d dropped, %d tied)", name, scored["metric"],
                             _fmt(scored["score"]), scored["scored_rows"], scored["bad_rows"], scored["dropped_rows"],
                             scored["tied_rows"])  # fmt: skip
@@ -175,13 +177,17 @@ def run_v2(cfg: MMEBConfig, *, encoder=None) -> dict | None:
 def _report(cfg, results: dict, encoder, key: str, inputs: dict, ctx, *, load_s: float, start: float) -> dict:
     totals = {k: sum(d[k] for d in results.values()) for k in _SUMMED}
     scores = {n: d["score"] for n, d in results.items() if d["scored_in_v2"]}
+    other = "reference" if cfg.grade_order == "correct" else "correct"
+    other_scores = {n: d.get(f"score_{other}_grade_order", d["score"]) for n, d in results.items()
+                    if d["scored_in_v2"]}  # fmt: skip
     graded = {n: {"correct": d["score_correct_grade_order"], "reference": d["score_reference_grade_order"],
                   "rows_differ": d["grade_order_rows_differ"]}
               for n, d in results.items() if "grade_order_rows_differ" in d}  # fmt: skip
     return {
         "benchmark": "MMEB-V2", "metric": {m: tasks.METRIC[m] for m in tasks.MODALITIES},
         "tie_rule": cfg.tie_rule, "grade_order": cfg.grade_order,
-        "settings": {"num_frames": cfg.num_frames, "short_clips": cfg.short_clips, "max_rows": cfg.max_rows},
+        "settings": {"num_frames": cfg.num_frames, "short_clips": cfg.short_clips, "max_rows": cfg.max_rows,
+                     "max_length": encoder.processor.max_length},
         "model": {"name": model_label(cfg), "path": str(cfg.model), "revision": cfg.revision, "cache_key": key,
                   "settings": inputs["settings"]},
         "data": {"tables": cfg.data_dir or "hub", "pins": _pairs(cfg.dataset_pins), "image_root": cfg.image_root,
@@ -190,6 +196,7 @@ def _report(cfg, results: dict, encoder, key: str, inputs: dict, ctx, *, load_s:
                 "strict": cfg.strict, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
         "datasets": results,
         "aggregates": aggregate_v2(scores),
+        f"aggregates_{other}_grade_order": aggregate_v2(other_scores),
         "graded_ndcg_grade_order": graded,
         "totals": totals,
         "timings": {"total_s": round(time.perf_counter() - start, 3), "load_s": round(load_s, 3),

@@ -78,14 +78,15 @@ def _values(scores: np.ndarray, gains: np.ndarray, ideal: np.ndarray, metric: st
         return np.where(ideal > 0, (gains * credit).sum(axis=1) / ideal, 0.0)
 
 
-def _bad_rows(data: TaskData, bad: np.ndarray) -> np.ndarray:
-    row_bad = bad[data.queries].copy()
+def rows_touched(data: TaskData, flagged: np.ndarray) -> np.ndarray:
+    """(R,) rows whose query, or one of whose candidates (local tasks) or relevant pages (global), is flagged."""
+    row_bad = flagged[data.queries].copy()
     pos = {n: j for j, n in enumerate(data.names)}
     for r in range(data.n_rows):
         if data.row_cands is not None:
-            row_bad[r] |= bool(bad[data.pool[data.row_cands[r]]].any())
+            row_bad[r] |= bool(flagged[data.pool[data.row_cands[r]]].any())
         else:
-            row_bad[r] |= any(bad[data.pool[pos[n]]] for n in data.label_names[r] if n in pos)
+            row_bad[r] |= any(flagged[data.pool[pos[n]]] for n in data.label_names[r] if n in pos)
     return row_bad
 
 
@@ -108,7 +109,7 @@ def score_task(data: TaskData, emb: np.ndarray, bad: np.ndarray, *, tie_rule: st
     if tie_rule not in TIE_RULES or grade_order not in GRADE_ORDERS:
         raise ValueError(f"tie_rule in {TIE_RULES}, grade_order in {GRADE_ORDERS}; got {tie_rule!r}, {grade_order!r}")
     metric = data.task.metric
-    row_bad = _bad_rows(data, bad)
+    row_bad = rows_touched(data, bad)
     good = np.flatnonzero(~row_bad)
     out = {"metric": metric, "rows": data.n_rows + len(data.dropped), "scored_rows": len(good),
            "bad_rows": int(row_bad.sum()), "dropped_rows": len(data.dropped)}  # fmt: skip
