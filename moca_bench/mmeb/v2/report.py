@@ -49,18 +49,19 @@ def aggregate_v2(scores: Mapping[str, float | None]) -> dict:
     return {"meta_tasks": metas, "modalities": mods, "overall": agg(t.SCORED)}
 
 
-def _order_note(cell: str, other: float | None | str, order: str) -> str:
-    """``cell`` followed by ``other``, the score under the other grade order (graded-qrels tasks, always;
-    aggregates, where it differs); ``"absent"`` adds nothing."""  # noqa: D205, D209
+def _order_note(cell: str, score: float | None, other: float | None | str, order: str) -> str:
+    """``cell`` (which starts with ``score``) with ``other``, the score under the other grade order, right
+    after the score (graded-qrels tasks, always; aggregates, where it differs); ``"absent"`` adds nothing."""  # noqa: D205, D209
     if other == "absent":
         return cell
-    return f"{cell} ({order} grade order {_fmt(other)})"
+    head = _fmt(score)
+    return f"{head} ({order} grade order {_fmt(other)}){cell[len(head):]}"
 
 
 def _agg_cell(agg: Mapping, other: Mapping | None, order: str, names, short: Mapping[str, int]) -> str:
     """An aggregate's cell; its score under the other grade order beside it where that differs."""
     differs = other is not None and other["score"] != agg["score"]
-    return _order_note(agg_cell(agg, names, short), other["score"] if differs else "absent", order)
+    return _order_note(agg_cell(agg, names, short), agg["score"], other["score"] if differs else "absent", order)
 
 
 def markdown_v2(report: Mapping, published: Mapping) -> str:
@@ -85,7 +86,7 @@ def markdown_v2(report: Mapping, published: Mapping) -> str:
         pub = [_fmt(published[m].get("datasets", {}).get(name)) for m in labels]
         extra = "" if d["scored_in_v2"] else " (extra)"
         cell = dataset_cell(d["score"], d.get("rows"), expected.get(name))
-        cell = _order_note(cell, d.get(f"score_{other}_grade_order", "absent"), other)
+        cell = _order_note(cell, d["score"], d.get(f"score_{other}_grade_order", "absent"), other)
         lines.append(_row([name + extra, d["modality"], d["meta_task"], d["metric"], cell, *pub]))
     aggs = report["aggregates"]
     members = {f"{m}-{meta}": names for m in t.MODALITIES for meta, names in t.meta_tasks(m).items()}

@@ -21,7 +21,14 @@ from moca_bench.mmeb import dist
 from moca_bench.mmeb.cache import EmbeddingCache, model_key
 from moca_bench.mmeb.config import MMEBConfig
 from moca_bench.mmeb.report import _fmt, find_published, package_versions
-from moca_bench.mmeb.runner import _encode_subset, default_cache_dir, load_encoder, model_label, truncation_counts
+from moca_bench.mmeb.session import (
+    MAX_BAD_EXAMPLES,
+    default_cache_dir,
+    encode_subset,
+    load_encoder,
+    model_label,
+    truncation_counts,
+)
 from moca_bench.mmeb.v2 import tasks as tasks
 from moca_bench.mmeb.v2.build import TaskData
 from moca_bench.mmeb.v2.data import TableSource, hub_media_root, media_dir
@@ -31,7 +38,6 @@ from moca_bench.mmeb.v2.scoring import rows_touched, score_task
 
 logger = logging.getLogger(__name__)
 
-_MAX_BAD_EXAMPLES = 5
 _SUMMED = ("rows", "scored_rows", "bad_rows", "dropped_rows", "tied_rows", "top_tied_rows", "unique_items",
            "encoded_items", "reference_forward_passes", "bad_items", "truncated_items", "truncated_rows",
            "text_only_videos")  # fmt: skip
@@ -101,7 +107,7 @@ def _entry(data: TaskData, scored: dict, reasons: dict, **extra) -> dict:
         **scored, "candidates_per_row": [min(per_row), max(per_row)] if per_row else [0, 0],
         "pool_size": len(data.names), "unique_items": len(data.pairs),
         "reference_forward_passes": data.n_rows + len(data.names), "published_queries": task.queries,
-        "bad_items": len(reasons), "bad_examples": [reasons[k] for k in sorted(reasons)[:_MAX_BAD_EXAMPLES]],
+        "bad_items": len(reasons), "bad_examples": [reasons[k] for k in sorted(reasons)[:MAX_BAD_EXAMPLES]],
         "source": task.repo + (f" ({task.config})" if task.config else "") + f" [{task.split}]",
         "text_only_videos": data.text_only_videos(), "notes": data.notes, **extra,
     }  # fmt: skip
@@ -148,7 +154,7 @@ def run_v2(cfg: MMEBConfig, *, encoder=None) -> dict | None:
                     raise RuntimeError(f"{name}: cache file vanished during the run")
                 (emb, bad, reasons, truncated), encoded, enc_s = loaded, 0, 0.0
             else:
-                emb, bad, reasons, encoded, enc_s, truncated = _encode_subset(encoder, data[name], cfg, ctx, bar)
+                emb, bad, reasons, encoded, enc_s, truncated = encode_subset(encoder, data[name], cfg, ctx, bar)
                 if ctx.is_main:
                     cache.save(f"v2__{name}", hashes[name], emb, bad, reasons, truncated)
             if ctx.is_main:
@@ -156,7 +162,7 @@ def run_v2(cfg: MMEBConfig, *, encoder=None) -> dict | None:
                 scored = score_task(data[name], emb, bad, tie_rule=cfg.tie_rule, grade_order=cfg.grade_order)
                 timings = {"encode_s": round(enc_s, 3), "score_s": round(time.perf_counter() - t, 3)}
                 results[name] = _entry(data[name], scored, reasons, encoded_items=encoded, cache_hit=hit,
-                                       dropped_examples=data[name].dropped[:_MAX_BAD_EXAMPLES],
+                                       dropped_examples=data[name].dropped[:MAX_BAD_EXAMPLES],
                                        **truncation_counts(truncated, rows_touched(data[name], truncated)),
                                        timings=timings)  # fmt: skip
                 logger.info("%s: %s %s on %d rows (%d bad, %d dropped, %d tied)", name, scored["metric"],
