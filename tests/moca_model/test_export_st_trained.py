@@ -62,15 +62,17 @@ def test_trained_checkpoint_parity(trained, tmp_path):
 
     from moca_model import MoCaEncoder
     from moca_model.export_st import export_checkpoint
+    from moca_model.st.layout import image_prompts
     from moca_model.st.verify import as_moca_item
 
     init, ckpt = trained
     folder = export_checkpoint(ckpt, tmp_path / "st")
     model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
     items = ["a red circle on the left", draw_image(90, 120, 3), {"image": draw_image(64, 64, 7), "text": "what?"}]
+    only = image_prompts(model.prompts)  # document / image prompts leave a text-only input raw
     for prompt_name in (None, "document", "image_question"):
         prompt = model.prompts.get(prompt_name) if prompt_name else None
-        want = MoCaEncoder.from_pretrained(ckpt, device="cpu").encode([as_moca_item(x, prompt) for x in items])
+        want = MoCaEncoder.from_pretrained(ckpt, device="cpu").encode([as_moca_item(x, prompt, only) for x in items])
         np.testing.assert_allclose(model.encode(items, prompt_name=prompt_name), want, atol=1e-5, rtol=0)
     before = MoCaEncoder.from_pretrained(init, device="cpu").encode([as_moca_item(x, None) for x in items])
     assert np.abs(model.encode(items) - before).max() > 1e-4  # the trained weights were exported, not the init
