@@ -1,14 +1,16 @@
 """The demo: the generated world is readable by every consumer, and the reduced pipeline learns.
 
 ``test_world_*`` are fast (a few seconds, a tiny world). ``test_smoke_pipeline`` runs the whole reduced
-``make demo`` (world -> causal base -> CPT -> CL arms a-c through the real CLIs -> MMEB + ViDoRe + MTEB)
-and takes about 2-3 minutes on two cores, so it is marked slow.
+pipeline (world -> causal base -> CPT and the causal-LM control -> CL arms a_last, b, c, b_plus through the
+real CLIs -> MMEB + ViDoRe + CL validation + MTEB) and takes about 3-4 minutes on two cores, so it is
+marked slow.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -99,9 +101,9 @@ def test_world_eval_sizes_follow_the_config(tiny_world):
     _, manifest = tiny_world
     rows = {s: v["rows"] for s, v in manifest["mmeb_subsets"].items()}
     assert rows["DigitsCls"] == rows["CountVQA"] == TINY.eval_queries
-    assert rows["Shapes_t2i"] == rows["Shapes_i2t"] == 96 * TINY.retrieval_pools
+    assert rows["Shapes_t2i"] == rows["Shapes_i2t"] == 32 * TINY.retrieval_pools  # the held-out combinations
     assert rows["ShapeGrounding"] == TINY.grounding_queries
-    assert manifest["vidore"]["queries"] == TINY.page_pools * 16 * TINY.page_queries_per_module
+    assert manifest["vidore"]["queries"] == TINY.page_pools * 16 * len(demo_world.eval_page_queries("json"))
 
 
 def test_world_cl_rows_load_in_the_trainer(tiny_world):
@@ -168,33 +170,91 @@ def test_smoke_pipeline(tmp_path):
                            mteb_python=mteb_python)  # fmt: skip
     results = json.loads((tmp_path / "results" / "results.json").read_text())
     assert (tmp_path / "results" / "demo.png").stat().st_size > 10_000
+    arms = {"base", "a_last", "b", "c", "b_plus"}
     seed = results["per_seed"]["0"]
-    assert set(seed["scores"]["MMEB overall"]) == {"base", "a", "b", "c"}
-    assert set(seed["differences"]) == {"c-b", "c-a", "b-a"}
+    assert set(seed["scores"]["MMEB overall"]) == arms
+    assert set(seed["differences"]) == {"c-b", "c-a_last", "c-b_plus", "b-a_last", "b_plus-b"}
     for row in seed["scores"].values():
         for ci in row.values():
             assert ci["lo"] <= ci["score"] <= ci["hi"] and 0.0 <= ci["lo"] and ci["hi"] <= 100.0
     runs = work / "s0" / "runs"
-    expected = {"base": "causal", "cl_a": "causal", "cl_b": "bidirectional", "cl_c": "bidirectional",
-                "cpt_mlm_mae": "bidirectional"}  # fmt: skip
-    for run, attention in expected.items():
+    expected = {"base": ("causal", "mean"), "cl_a_last_lr1e-03": ("causal", "last"),
+                "cl_b_lr1e-03": ("bidirectional", "mean"), "cl_c_lr1e-03": ("bidirectional", "mean"),
+                "cl_b_plus_lr1e-03": ("bidirectional", "mean"), "cpt_mlm_mae": ("bidirectional", "mean"),
+                "cpt_clm": ("causal", "mean")}  # fmt: skip
+    for run, (attention, pooling) in expected.items():
         (ckpt,) = (runs / run).glob("checkpoint-*")
         assert moca_config.attention(ckpt) == attention, run
+        assert moca_config.pooling(ckpt) == pooling, run
         assert yaml.safe_load((ckpt / "run_config.yaml").read_text())["model"]["attention"] == attention, run
-    settings = json.loads((work / "s0" / "evals" / "mmeb" / "a" / "mmeb.json").read_text())["model"]["settings"]
-    assert settings["bidirectional"] is False  # the evaluation honoured the arm's recorded attention
-    digits = {m: seed["subsets"]["subset DigitsCls"][m]["score"] for m in ("base", "a", "b", "c")}
-    assert min(digits["a"], digits["b"], digits["c"]) >= digits["base"] + 15, digits
+    settings = json.loads((work / "s0" / "evals" / "mmeb" / "a_last_lr1e-03" / "mmeb.json").read_text())["model"]
+    assert settings["settings"]["bidirectional"] is False  # the evaluation honoured the arm's recorded attention
+    diag = seed["diagnostics"]
+    assert diag["cpt_clm"]["tokens"] == diag["cpt_mlm_mae"]["tokens"] > 0  # the control's token budget is CPT's
+    assert 0 < diag["cl_b"]["weight_drift"] < 10 and 0 <= diag["cl_b"]["val_mean"] <= 100
+    digits = {m: seed["subsets"]["subset DigitsCls"][m]["score"] for m in arms}
+    assert min(digits[m] for m in arms - {"base"}) >= digits["base"] + 15, digits
     if mteb_python is not None:
-        assert set(results["mteb_check"]["a"]) >= {"DemoShapesT2I", "DemoPages"}
+        assert set(results["mteb_check"]["a_last"]) >= {"DemoShapesT2I", "DemoPages"}
     cost = results["cost"]
     assert cost["idle_wall_estimate"] > 0 and all(cost["per_job"].values())
     assert cost["jobs_run_here"] == cost["jobs_total"] == len(cost["per_job"])
+    assert results["provenance"]["protocol_sha256"] and results["provenance"]["commits"]
+    assert results["work_dir"] == "work" and '"/' not in (tmp_path / "results" / "results.json").read_text()
     assert payload["per_seed"]["0"]["scores"] == seed["scores"]
     again = demo_run.run(preset, work=work, results_dir=tmp_path / "again", jobs=2, show_progress=False,
                          mteb_python=mteb_python)  # fmt: skip
     assert again["cost"]["jobs_run_here"] == 0  # every stage resumed: the report says so, not a 5 s "wall"
     assert again["per_seed"]["0"]["scores"] == seed["scores"]
+
+
+def test_a_job_running_in_another_invocation_is_awaited_not_rerun(tmp_path):
+    import fcntl
+    import threading
+
+    from demo.jobs import Job, run_jobs
+
+    out = tmp_path / "out"
+    code = "import pathlib, sys; pathlib.Path(sys.argv[1]).write_text('ran here')"
+    job = Job("shared", [sys.executable, "-c", code, str(out)], tmp_path / "shared.log", done=out.is_file)
+    after = Job("after", [sys.executable, "-c", "pass"], tmp_path / "after.log", deps=("shared",))
+    lock = (tmp_path / "shared.log.lock").open("a")
+    fcntl.flock(lock, fcntl.LOCK_EX)  # "another invocation" is running the job
+    worker = threading.Thread(target=run_jobs, args=([job, after],), kwargs={"show_progress": False})
+    worker.start()
+    worker.join(timeout=2.0)
+    assert worker.is_alive() and not out.exists()  # waiting, not starting it a second time
+    out.write_text("done elsewhere")
+    fcntl.flock(lock, fcntl.LOCK_UN)
+    lock.close()
+    worker.join(timeout=60)
+    assert not worker.is_alive() and out.read_text() == "done elsewhere" and job.skipped and not after.skipped
+
+
+def test_results_go_to_an_ignored_folder_unless_asked(monkeypatch, tmp_path):
+    from demo import run as demo_run
+
+    seen = {}
+    monkeypatch.setattr(demo_run, "run", lambda preset, **kw: seen.update(kw))
+    assert demo_run.main(["--no-mteb"]) == 0
+    work, results = seen["work"], seen["results_dir"]
+    assert work == (ROOT / "demo_out").resolve() and results == work / "results" / "demo"
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(results / "results.json")], cwd=ROOT)
+    assert ignored.returncode == 0  # make demo never writes a tracked file
+    demo_run.main(["--preset", "study", "--results-dir", str(tmp_path / "r")])
+    assert seen["results_dir"] == tmp_path / "r"
+
+
+def test_committed_results_hold_no_absolute_path():
+    import gzip
+
+    folder = ROOT / "results" / "demo"
+    files = [p for p in folder.rglob("*") if p.suffix in (".json", ".md") or p.name.endswith(".json.gz")]
+    assert files
+    for path in files:
+        text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+        for marker in ('"/', " /work/", " /tmp/", " /home/", "/root/"):
+            assert marker not in text, f"{path.name} holds an absolute path ({marker!r})"
 
 
 def test_jobs_respect_dependencies_skips_and_failures(tmp_path):

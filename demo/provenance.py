@@ -1,0 +1,46 @@
+"""What a result was computed under: the protocol's hash and the code's git state.
+
+Tiny-model training is chaotic: a rounding-level code change moves trained scores like another seed does
+(docs/demo.md), so every job records the commit and the hashes of the code trees it ran on, and the study
+records the SHA-256 of its pre-registered protocol (docs/demo-protocol.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PROTOCOL = ROOT / "docs" / "demo-protocol.md"
+CODE_TREES = ("moca_model", "moca_train", "moca_bench", "demo", "configs")
+
+
+def protocol_hash(path: Path = PROTOCOL) -> str | None:
+    """SHA-256 of the protocol file's bytes (None when the file is missing)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def git_state() -> dict:
+    """``{"commit", "code_trees", "dirty"}`` of the checkout (None values outside a git checkout).
+
+    HEAD, the tree hash of each code folder at HEAD, and whether any of them has uncommitted changes.
+    """
+    commit = _git("rev-parse", "HEAD")
+    trees = {name: _git("rev-parse", f"HEAD:{name}") for name in CODE_TREES} if commit else {}
+    status = _git("status", "--porcelain", "--", *CODE_TREES) if commit else None
+    return {"commit": commit, "code_trees": trees, "dirty": bool(status) if status is not None else None}
+
+
+def code_id(state: dict) -> str:
+    """A short identifier of the code a job ran on: the commit, ``+dirty`` when code was uncommitted."""
+    commit = (state.get("commit") or "unknown")[:12]
+    return commit + ("+dirty" if state.get("dirty") else "")
