@@ -24,7 +24,7 @@ from demo import report, stats, study
 from demo.collect import PAGES
 from demo.jobs import Job, simulate
 from demo.plan import ROOT, Preset
-from demo.provenance import protocol_hash
+from demo.provenance import machine, protocol_hash
 from demo.world import MMEB_SUBSETS, pool_name
 
 logger = logging.getLogger(__name__)
@@ -157,6 +157,7 @@ def write(preset: Preset, per_seed: dict, manifest: dict, work: Path, results_di
         "mteb_check": _mteb_check(work, preset, per_seed[first]["values"]),
         "cost": cost(graph, timings, jobs, started_at),
         "provenance": provenance(graph, timings),
+        "machine": machine(),
         "work_dir": relative(work),
     }  # fmt: skip
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -176,13 +177,15 @@ def write(preset: Preset, per_seed: dict, manifest: dict, work: Path, results_di
         out.write(report.format_differences(s["differences"], committed) + "\n")
         if committed is None:
             out.write("(no committed study found at results/demo/study.json)\n")
-        written = ["results.json", "demo.png"]
+        (results_dir / "summary.md").write_text(demo_summary(payload, s, chance))
+        written = ["results.json", "demo.png", "summary.md"]
     else:
         agg = study.aggregate(summaries)
         payload["study"] = agg
         diagnostics = _mean_diagnostics(per_seed)
         text = study.markdown(agg, chance, diagnostics=diagnostics, cost=payload["cost"],
-                              provenance=payload["provenance"])  # fmt: skip
+                              provenance=payload["provenance"],
+                              tasks=study.task_accuracy({s: d["curves"] for s, d in per_seed.items()}))  # fmt: skip
         report.write_json(payload, results_dir / "study.json")
         (results_dir / "study.md").write_text(text)
         per_seed_overall = {m: {s: summaries[s]["scores"]["MMEB overall"][m]["score"] for s in summaries
@@ -198,6 +201,26 @@ def write(preset: Preset, per_seed: dict, manifest: dict, work: Path, results_di
               f"{c['cpu_total']:.0f} CPU s" + (f", about {c['idle_wall_estimate']:.0f} s on an idle machine with "
               f"{jobs} jobs" if c["idle_wall_estimate"] else "") + "\n")  # fmt: skip
     return payload
+
+
+def demo_summary(payload: dict, summary: dict, chance: dict) -> str:
+    """``make demo``'s log summary: machine facts, times, scores with their (evaluation-noise) intervals."""
+    c, m = payload["cost"], payload["machine"]
+    lines = ["# make demo: log summary", "",
+             f"- machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch {m['torch']} ({m['torch_cpu_capability']}"
+             f" kernels), one torch thread per job, Python {m['python']}, {m['os']}; load average at the end "
+             f"{m['load_average']}",
+             f"- code: {', '.join(payload['provenance']['commits'])}; protocol SHA-256 "
+             f"{payload['provenance']['protocol_sha256']}",
+             f"- this invocation: {c['wall_this_invocation']:.0f} s wall, {c['jobs_run_here']} of {c['jobs_total']} "
+             f"jobs run here; {c['cpu_total']:.0f} CPU s in all"
+             + (f", about {c['idle_wall_estimate']:.0f} s on an idle machine with {c['jobs']} jobs" if
+                c["idle_wall_estimate"] else ""), "",
+             "Scores [95% interval over evaluation clusters: evaluation noise only]:", "", "```",
+             report.format_table(summary["scores"], chance), "```", "", "Paired differences (evaluation noise only), "
+             "beside the committed study's seed-level result:", "", "```",
+             report.format_differences(summary["differences"], committed_differences()), "```"]  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 def _mean_diagnostics(per_seed: dict) -> dict[str, dict]:

@@ -8,6 +8,7 @@ records the SHA-256 of its pre-registered protocol (docs/demo-protocol.md).
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 from pathlib import Path
 
@@ -44,3 +45,28 @@ def code_id(state: dict) -> str:
     """A short identifier of the code a job ran on: the commit, ``+dirty`` when code was uncommitted."""
     commit = (state.get("commit") or "unknown")[:12]
     return commit + ("+dirty" if state.get("dirty") else "")
+
+
+def machine() -> dict:
+    """Facts that decide floating-point results and speed: CPU, cores, ISA torch uses, threads, versions, load."""
+    import platform
+
+    import torch
+
+    model = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
+                  if line.startswith("model name")), platform.processor() or "unknown")  # fmt: skip
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:
+        capability = "unknown"
+    return {"cpu": model, "logical_cpus": os.cpu_count(), "torch_cpu_capability": capability,
+            "torch_threads_per_job": 1, "torch": torch.__version__, "python": platform.python_version(),
+            "os": platform.platform(), "load_average": [round(x, 2) for x in os.getloadavg()],
+            "ATEN_CPU_CAPABILITY": os.environ.get("ATEN_CPU_CAPABILITY")}  # fmt: skip
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""

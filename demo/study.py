@@ -135,8 +135,25 @@ def _ci(d: dict, signed: bool = False, level: float = stats.LEVEL) -> str:
     return f"{fmt.format(d['mean'])} [{fmt.format(lo)}, {fmt.format(hi)}]"
 
 
+def task_accuracy(curves: Mapping[int, Mapping[str, dict]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per CL run and task, mean over seeds of the first and last bin of training accuracy and validation hit@1."""
+    out: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for runs in curves.values():
+        for run, c in runs.items():
+            for task, bins in c.get("task_accuracy", {}).items():
+                d = out.setdefault(run, {}).setdefault(task, {"first": [], "last": [], "val": []})
+                finite = [b for b in bins if b == b]  # NaN-free bins
+                if finite:
+                    d["first"].append(finite[0])
+                    d["last"].append(finite[-1])
+                if task in c.get("val", {}):
+                    d["val"].append(c["val"][task])
+    return {run: {task: {k: float(np.mean(v)) if v else math.nan for k, v in d.items()} for task, d in tasks.items()}
+            for run, tasks in out.items()}  # fmt: skip
+
+
 def markdown(study: dict, chance: Mapping[str, float], *, diagnostics: Mapping[str, dict], cost: dict,
-             provenance: Mapping) -> str:  # fmt: skip
+             provenance: Mapping, tasks: Mapping[str, Mapping[str, dict]] | None = None) -> str:  # fmt: skip
     """The study as Markdown: primary tests, arms, secondary differences, subsets, variance, diagnostics, cost."""
     arms = list(study["scores"][PAGES_ROW])
     n = len(study["complete_seeds"])
@@ -191,6 +208,14 @@ def markdown(study: dict, chance: Mapping[str, float], *, diagnostics: Mapping[s
             "|---|" + "--:|" * len(_DIAG)]  # fmt: skip
     for run, d in diagnostics.items():
         out.append(f"| {run} | " + " | ".join(_num(d.get(k)) for k in _DIAG) + " |")
+    if tasks:
+        names = list(next(iter(tasks.values())))
+        out += ["", "## CL per task: training accuracy, first tenth -> last tenth of the steps, and validation hit@1 "
+                "(mean over seeds; exploratory)", "", "| run | " + " | ".join(names) + " |",
+                "|---|" + "---|" * len(names)]  # fmt: skip
+        for run, by_task in tasks.items():
+            out.append(f"| {run} | " + " | ".join(f"{by_task[t]['first']:.2f} -> {by_task[t]['last']:.2f} / "
+                                                  f"{by_task[t]['val']:.0f}" for t in names) + " |")
     out += ["", "## Cost (CPU seconds, one torch thread per job)", "",
             f"{cost['cpu_total']:.0f} CPU s in all"
             + (f"; about {cost['idle_wall_estimate'] / 60:.0f} min of wall on an idle 2-core machine with "
