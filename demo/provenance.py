@@ -15,6 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOL = ROOT / "docs" / "demo-protocol.md"
 CODE_TREES = ("moca_model", "moca_train", "moca_bench", "demo", "configs")
+TRAINING_CODE = ("moca_model", "moca_train", "moca_bench", "configs")  # what decides a trained model's numbers
 
 
 def protocol_hash(path: Path = PROTOCOL) -> str | None:
@@ -33,12 +34,19 @@ def _git(*args: str) -> str | None:
 def git_state() -> dict:
     """``{"commit", "code_trees", "dirty"}`` of the checkout (None values outside a git checkout).
 
-    HEAD, the tree hash of each code folder at HEAD, and whether any of them has uncommitted changes.
+    HEAD, the tree hash of each code folder at HEAD, and whether the training code (:data:`TRAINING_CODE`) has
+    uncommitted changes.
     """
     commit = _git("rev-parse", "HEAD")
     trees = {name: _git("rev-parse", f"HEAD:{name}") for name in CODE_TREES} if commit else {}
-    status = _git("status", "--porcelain", "--", *CODE_TREES) if commit else None
+    status = _git("status", "--porcelain", "--", *TRAINING_CODE) if commit else None
     return {"commit": commit, "code_trees": trees, "dirty": bool(status) if status is not None else None}
+
+
+def trees_at(commit: str) -> dict[str, str | None]:
+    """The tree hash of every :data:`TRAINING_CODE` folder at ``commit`` (``abc123`` or ``abc123+dirty``)."""
+    base = commit.split("+", 1)[0]
+    return {name: _git("rev-parse", f"{base}:{name}") for name in TRAINING_CODE}
 
 
 def code_id(state: dict) -> str:
