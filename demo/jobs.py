@@ -167,6 +167,7 @@ def run_jobs(
                         pending.remove(job)
                         elsewhere.discard(job.name)
                         finished.add(job.name)
+                        break  # rescan: jobs it made ready may come before the rest in the start order
                     elif len(running) < max_parallel:
                         lock = _try_lock(job)
                         if lock is None:
