@@ -231,6 +231,22 @@ def test_a_job_running_in_another_invocation_is_awaited_not_rerun(tmp_path):
     assert not worker.is_alive() and out.read_text() == "done elsewhere" and job.skipped and not after.skipped
 
 
+def test_a_skipped_job_does_not_let_later_jobs_jump_the_queue(tmp_path):
+    from demo.jobs import Job, run_jobs
+
+    order = tmp_path / "order"
+
+    def appender(name: str, deps=(), done=None) -> Job:
+        code = (f"import pathlib; p = pathlib.Path({str(order)!r}); "
+                f"p.write_text((p.read_text() if p.exists() else '') + {name!r})")
+        return Job(name, [sys.executable, "-c", code], tmp_path / f"{name}.log", deps=deps, done=done)
+
+    # "cpt" waits on "base", which is already done: it must start before "later" (next in the list)
+    jobs = [appender("base", done=lambda: True), appender("cpt", ("base",)), appender("later")]
+    run_jobs(jobs, max_parallel=1, show_progress=False)
+    assert order.read_text() == "cptlater"
+
+
 def test_results_go_to_an_ignored_folder_unless_asked(monkeypatch, tmp_path):
     from demo import run as demo_run
 
