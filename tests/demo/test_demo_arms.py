@@ -3,6 +3,8 @@
 - the compute control (b_plus, a_plus) sees exactly CPT's token budget, read from the two runs' records;
 - a_last trains and is evaluated with last-token pooling: its checkpoint's embedding is the causal model's
   normalised state at the last real token.
+
+Both run the real entry points in subprocesses (about a minute on an idle machine), so they are marked slow.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ def _run(argv: list[str]) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
+@pytest.mark.slow
+@pytest.mark.train
 def test_control_stage_uses_cpt_token_budget_from_run_records(seed_paths):
     paths, manifest, world = seed_paths
     cpt = plan.pre_stage_argv(paths, 0, "mlm_mae", world, manifest)
@@ -73,6 +77,8 @@ def test_control_stage_uses_cpt_token_budget_from_run_records(seed_paths):
     assert "clm" in collect.history(paths.run("cpt_clm"))[-1] and "mlm" in collect.history(paths.run("cpt_mlm_mae"))[-1]
 
 
+@pytest.mark.slow
+@pytest.mark.train
 def test_a_last_pools_the_last_real_token(seed_paths):
     import torch
     from transformers import Qwen2_5_VLModel
