@@ -24,7 +24,7 @@ from demo import report, stats, study
 from demo.collect import PAGES
 from demo.jobs import Job, simulate
 from demo.plan import ROOT, Preset
-from demo.provenance import machine, protocol_hash, trees_at
+from demo.provenance import machine, protocol_hash, training_code_changes, trees_at
 from demo.world import MMEB_SUBSETS, pool_name
 
 logger = logging.getLogger(__name__)
@@ -86,15 +86,18 @@ def provenance(graph: list[Job], timings: dict) -> dict:
     """The protocol's hash, the distinct commits the graph's jobs ran on, and whether their training code agrees.
 
     A job records the checkout's commit when it finishes; ``same_training_code`` says whether every such commit
-    has the same ``moca_model``, ``moca_train``, ``moca_bench`` and ``configs`` trees (commits that only changed
-    the demo's reporting or docs do not change a trained model).
+    has the same ``moca_model``, ``moca_train``, ``moca_bench`` and ``configs`` files as the first
+    (``training_code_changes`` lists the files that differ, per commit). Commits that only changed the demo's
+    reporting or docs do not change a trained model, nor does the selected learning rate written into the CL
+    recipe, which every CL command overrides (:data:`demo.provenance.OVERRIDDEN_LINES`).
     """
     codes = sorted({c for c in (timings[j.name].get("code") for j in graph if j.name in timings) if c})
     trees = {c: trees_at(c) for c in codes}
-    distinct = {tuple(sorted(t.items())) for t in trees.values()}
+    changes = {c: training_code_changes(codes[0], c) for c in codes[1:]}
     dirty = any(c.endswith("+dirty") for c in codes)
     return {"protocol_sha256": protocol_hash(), "commits": codes, "training_code_trees": trees,
-            "same_training_code": len(distinct) <= 1 and not dirty}  # fmt: skip
+            "training_code_changes": changes,
+            "same_training_code": not dirty and all(v == [] for v in changes.values())}  # fmt: skip
 
 
 def _mteb_check(work: Path, preset: Preset, values: dict) -> dict | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -16,6 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PROTOCOL = ROOT / "docs" / "demo-protocol.md"
 CODE_TREES = ("moca_model", "moca_train", "moca_bench", "demo", "configs")
 TRAINING_CODE = ("moca_model", "moca_train", "moca_bench", "configs")  # what decides a trained model's numbers
+# Settings no job reads from the file: every CL command passes ``--train.learning_rate`` (demo.plan.cl_argv), so
+# writing the selected learning rate into the CL recipe (docs/demo-protocol.md §4) changes no trained model.
+OVERRIDDEN_LINES = {"configs/cl/demo.yaml": re.compile(r"^\s*learning_rate:")}
 
 
 def protocol_hash(path: Path = PROTOCOL) -> str | None:
@@ -23,9 +27,9 @@ def protocol_hash(path: Path = PROTOCOL) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
-def _git(*args: str) -> str | None:
+def _git(*args: str, root: Path = ROOT) -> str | None:
     try:
-        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30, check=True)
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip()
@@ -47,6 +51,28 @@ def trees_at(commit: str) -> dict[str, str | None]:
     """The tree hash of every :data:`TRAINING_CODE` folder at ``commit`` (``abc123`` or ``abc123+dirty``)."""
     base = commit.split("+", 1)[0]
     return {name: _git("rev-parse", f"{base}:{name}") for name in TRAINING_CODE}
+
+
+def training_code_changes(a: str, b: str, *, root: Path = ROOT) -> list[str] | None:
+    """Files of :data:`TRAINING_CODE` that differ between commits ``a`` and ``b`` (``+dirty`` suffixes ignored).
+
+    A file whose changed lines are all settings every job overrides on its command line
+    (:data:`OVERRIDDEN_LINES`) is not counted. None when git cannot compare the two commits.
+    """
+    diff = _git("diff", "--no-color", "--unified=0", a.split("+", 1)[0], b.split("+", 1)[0], "--", *TRAINING_CODE,
+                root=root)  # fmt: skip
+    if diff is None:
+        return None
+    changed: dict[str, list[str]] = {}
+    current = None
+    for line in diff.splitlines():
+        if line.startswith("diff --git "):
+            current = line.rsplit(" b/", 1)[1]
+            changed[current] = []
+        elif current and line[:1] in "+-" and not line.startswith(("+++", "---")):
+            changed[current].append(line[1:])
+    rules = OVERRIDDEN_LINES
+    return sorted(f for f, lines in changed.items() if not (f in rules and lines and all(map(rules[f].match, lines))))
 
 
 def code_id(state: dict) -> str:

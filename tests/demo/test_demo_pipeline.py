@@ -288,3 +288,36 @@ def test_jobs_respect_dependencies_skips_and_failures(tmp_path):
     bad = Job("bad", [sys.executable, "-c", "print('boom'); raise SystemExit(3)"], tmp_path / "bad.log")
     with pytest.raises(JobFailedError, match=r"(?s)bad failed \(exit 3\).*boom"):
         run_jobs([bad], show_progress=False)
+
+
+def test_training_code_changes_ignore_only_the_overridden_cl_learning_rate(tmp_path):
+    """Writing the selected LR into the CL recipe changes no run (every CL command passes it); any other
+    change to the training code, in that file or elsewhere, is reported."""
+    from demo.provenance import training_code_changes
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout.strip()
+
+    recipe = tmp_path / "configs" / "cl" / "demo.yaml"
+    recipe.parent.mkdir(parents=True)
+    (tmp_path / "moca_train").mkdir()
+    (tmp_path / "moca_train" / "engine.py").write_text("STEP = 1\n")
+    recipe.write_text("train:\n  learning_rate: 1.0e-3\n  warmup_ratio: 0.1\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    first = git("rev-parse", "HEAD")
+
+    def commit(path: Path, text: str) -> str:
+        path.write_text(text)
+        git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "next")
+        return git("rev-parse", "HEAD")
+
+    lr = commit(recipe, "train:\n  learning_rate: 1.0e-4\n  warmup_ratio: 0.1\n")
+    assert training_code_changes(first, lr, root=tmp_path) == []
+    assert training_code_changes(first, lr + "+dirty", root=tmp_path) == []
+    warmup = commit(recipe, "train:\n  learning_rate: 1.0e-4\n  warmup_ratio: 0.2\n")
+    assert training_code_changes(first, warmup, root=tmp_path) == ["configs/cl/demo.yaml"]
+    engine = commit(tmp_path / "moca_train" / "engine.py", "STEP = 2\n")
+    assert training_code_changes(lr, engine, root=tmp_path) == ["configs/cl/demo.yaml", "moca_train/engine.py"]
+    assert training_code_changes(first, "0" * 40, root=tmp_path) is None
