@@ -161,3 +161,38 @@ def test_simulated_schedule_respects_dependencies_and_slots(tmp_path):
     seconds = {"base": 10, "cpt": 5, "a": 8, "c": 8, "b": 8}
     assert simulate(graph, seconds, max_parallel=2) == 10 + 16  # cpt+c on one slot, a+b on the other
     assert simulate(graph, seconds, max_parallel=1) == sum(seconds.values())
+
+
+def test_one_seed_differences_are_labelled_evaluation_noise_beside_the_study_result():
+    """make demo prints each one-seed difference as evaluation noise only, with the committed study's
+    seed-level result for the same comparison beside it (issue 22, deliverable 8)."""
+    from demo.report import SCORES, format_differences
+
+    one_seed = {"c-b": {row: {"diff": -4.2, "se": 0.9, "lo": -5.9, "hi": -2.2} for row in SCORES},
+                "c-b_plus": {row: {"diff": 1.0, "se": 0.9, "lo": -0.8, "hi": 2.7} for row in SCORES}}
+    study = {"c-b": {row: {"mean": 0.6, "n": 4, "seeds_ahead": 3, "intervals": {"0.95": [-3.1, 4.3]}}
+                     for row in SCORES}}  # fmt: skip
+    lines = format_differences(one_seed, study).splitlines()
+    rows = [line for line in lines if line.startswith("  ")]
+    assert len(rows) == 2 * len(SCORES)
+    assert all("(evaluation noise only)" in line for line in rows)
+    cb = lines[1 : 1 + len(SCORES)]
+    assert all("committed study, 4 seeds: +0.6 [-3.1, +4.3], ahead in 3/4" in line for line in cb)
+    assert all("(not in the committed study)" in line for line in lines[2 + len(SCORES) :])
+    assert "committed study" not in format_differences(one_seed, None)
+
+
+def test_the_committed_study_holds_what_make_demo_prints_beside_its_differences():
+    """results/demo/study.json carries every primary comparison with its interval, n and seeds ahead."""
+    from demo.outputs import COMMITTED_STUDY, committed_differences
+    from demo.report import PRIMARY_PAIRS, SCORES, pair_name
+
+    if not COMMITTED_STUDY.is_file():
+        pytest.skip("no committed study yet")
+    study = committed_differences()
+    assert study is not None, "results/demo/study.json lacks the study layout make demo reads"
+    for a, b in PRIMARY_PAIRS:
+        for row in SCORES:
+            ref = study[pair_name(a, b)][row]
+            lo, hi = ref["intervals"][str(stats.LEVEL)]
+            assert ref["n"] >= 2 and 0 <= ref["seeds_ahead"] <= ref["n"] and lo <= ref["mean"] <= hi
