@@ -83,8 +83,8 @@ def prepare(work: Path, steps: int, train: bool) -> None:
     from demo.world import WorldConfig, build_world
     from moca_model.tiny import write_tiny_checkpoint
 
-    cfg = WorldConfig(cl_pairs={"pages": 256}, cpt_shape_records=8, cpt_scene_records=4, cpt_digit_records=4,
-                      cpt_page_records=4, eval_queries=8, eval_digits=20, cl_digits=16)  # fmt: skip
+    cfg = WorldConfig(cl_pairs={"pages": 256}, corpus_shape_records=8, corpus_scene_records=4, corpus_digit_records=4,
+                      corpus_page_records=4, eval_queries=8, eval_digits=20, cl_digits=16)  # fmt: skip
     build_world(cfg, work / "world", show_progress=False)
     if not train or (work / "run" / f"checkpoint-{steps}" / "config.json").is_file():
         return

@@ -4,7 +4,10 @@
 - ViDoRe: the score matrices vidore-benchmark's ``moca`` retriever saved (``MOCA_SCORES_DIR``), one per
   pool in the order vidore read the collection folder (``os.listdir``). Per-query nDCG@5 is recomputed the
   way vidore-benchmark ranks (:func:`vidore_ndcg5`), and each pool's mean must equal vidore's own metric.
-- Training: the last logged losses of each stage (``log.jsonl``) and how far CL moved the weights.
+- The CL validation split: ``rows.json`` of the same runner on the ``Val_<task>`` subsets.
+- Training: the last logged losses of each stage (``log.jsonl``), its logged curve, the full per-step
+  history of the final checkpoint (``trainer_state.json``: token totals, the per-task CL accuracy) and how
+  far CL moved the weights.
 """
 
 from __future__ import annotations
@@ -26,11 +29,21 @@ GROUPS = (*MMEB_SUBSETS, PAGES)  # the per-query groups every model is scored on
 CHECK_TOLERANCE = 1e-3  # points: our per-pool nDCG@5 vs vidore's
 
 
-def mmeb_rows(folder: Path) -> dict[str, np.ndarray]:
-    """``{subset: (rows,) hit@1 in %}`` (NaN for a bad row) from ``<folder>/rows.json``."""
+def mmeb_rows(folder: Path, names=MMEB_SUBSETS) -> dict[str, np.ndarray]:
+    """``{subset: (rows,) hit@1 in %}`` (NaN for a bad row) from ``<folder>/rows.json``.
+
+    ``names``: the subsets to read; None reads every subset in the file.
+    """
     subsets = json.loads((folder / "rows.json").read_text())["subsets"]
     return {s: 100.0 * np.array([math.nan if v is None else v for v in subsets[s]], dtype=np.float64)
-            for s in MMEB_SUBSETS}  # fmt: skip
+            for s in (subsets if names is None else names)}  # fmt: skip
+
+
+def val_scores(evals: Path, name: str) -> dict[str, float]:
+    """Validation hit@1 (%) per CL task and their mean (``"mean"``: the learning-rate rule's score)."""
+    rows = mmeb_rows(evals / "val" / name, None)
+    out = {s.removeprefix("Val_"): float(np.nanmean(v)) for s, v in rows.items()}
+    return {**out, "mean": sum(out.values()) / len(out)}
 
 
 def pool_relevance(pool: Path) -> tuple[np.ndarray, list[str]]:
@@ -144,3 +157,50 @@ def weight_drift(start: Path, end: Path) -> float:
         num += float(((y - x) ** 2).sum())
         den += float((x**2).sum())
     return math.sqrt(num / den) if den else math.nan
+
+
+def history(run_dir: Path) -> list[dict]:
+    """Every step's record of a finished training run (the final checkpoint's ``trainer_state.json``)."""
+    from moca_train.checkpoint import STATE_FILE, list_checkpoints
+
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise FileNotFoundError(f"{run_dir}: no finished checkpoint")
+    return json.loads((found[-1] / STATE_FILE).read_text())["history"]
+
+
+def token_total(run_dir: Path) -> int:
+    """Real (attended) tokens over every step of a CPT-entry-point run, from its run record."""
+    return int(round(sum(r["tokens"] for r in history(run_dir))))
+
+
+def logged_curve(run_dir: Path) -> dict[str, list[float]]:
+    """The run's ``log.jsonl`` (means over ``log_every`` steps) as columns, 4 significant digits."""
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
+    keys = [k for k in records[-1] if k not in ("steps_per_s",)]
+    return {k: [float(f"{r.get(k, math.nan):.4g}") for r in records] for k in keys}
+
+
+def task_accuracy_curves(run_dir: Path, task_sizes: dict[str, int], *, batch: int, seed: int,
+                         bins: int = 10) -> dict[str, list[float]]:  # fmt: skip
+    """Per-task in-batch training accuracy of a CL run, in ``bins`` equal spans of its steps.
+
+    Each step's batch comes from one task; which one is a pure function of the sampler's settings
+    (:class:`moca_train.cl.sampler.TaskBatchSampler`: task sizes, global batch, data seed), so the task of
+    step k is the plan's batch at position k - 1. Bins without a step of a task are NaN.
+    """
+    from moca_train.cl.sampler import TaskBatchSampler
+
+    steps = history(run_dir)
+    sampler = TaskBatchSampler(list(task_sizes.values()), global_batch_size=batch, seed=seed)
+    names = list(task_sizes)
+    edges = np.linspace(0, len(steps), bins + 1)
+    sums, counts = np.zeros((len(names), bins)), np.zeros((len(names), bins))
+    for k, record in enumerate(steps):
+        task = sampler.batch_at(int(record["step"]) - 1)[0]
+        b = min(int(np.searchsorted(edges, k, side="right")) - 1, bins - 1)
+        sums[task, b] += record["accuracy"]
+        counts[task, b] += 1
+    with np.errstate(invalid="ignore"):
+        means = sums / counts
+    return {name: [round(float(v), 4) for v in means[i]] for i, name in enumerate(names)}

@@ -4,10 +4,15 @@ Each :class:`Job` is one real entry point (``python -m moca_train.cl ...``, ``vi
 whose output goes to a log file. While jobs run, one tqdm bar per running job shows its progress (a
 training job reports its step from the engine's ``log.jsonl``), and a failing job stops the run with the
 tail of its log. A job whose ``done`` check already holds is skipped, so an interrupted demo resumes.
+
+Two invocations may share a work directory (e.g. the learning-rate selection and the study's pre-training
+stages): a running job holds an exclusive lock on ``<log>.lock``, and another invocation that needs the same
+job waits for it to finish instead of starting it twice.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -55,6 +60,8 @@ class Job:
     cpu_seconds: float = 0.0
     """CPU time (user + system) of the command once finished: its wall time on an idle machine, roughly,
     since every stage runs one torch thread."""
+    rank: tuple = ()
+    """Sort key of the start order among ready jobs (the caller sorts the list by it)."""
 
 
 def train_progress(output_dir: Path) -> Callable[[], int]:
@@ -98,14 +105,27 @@ def _tail(path: Path, n: int = 40) -> str:
         return "(no log)"
 
 
-def _start(job: Job, cwd: Path | None, env: dict, show_progress: bool, slot: int, max_parallel: int) -> tuple:
+def _try_lock(job: Job):
+    """An exclusive lock on ``<log>.lock`` (an open file), or None when another process holds it."""
     job.log.parent.mkdir(parents=True, exist_ok=True)
+    lock = job.log.with_name(job.log.name + ".lock").open("a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None
+    return lock
+
+
+def _start(job: Job, cwd: Path | None, env: dict, show_progress: bool, slot: int, max_parallel: int, lock) -> tuple:
     handle = job.log.open("w")
-    proc = subprocess.Popen(job.argv, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd, env=env)
+    # The command inherits the lock: it stays held while the command runs, even if this process dies.
+    proc = subprocess.Popen(job.argv, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd, env=env,
+                            pass_fds=(lock.fileno(),))  # fmt: skip
     bar = tqdm(total=job.total, desc=f"{job.name:<14}", position=slot % max(max_parallel, 1), leave=True,
                disable=not show_progress, dynamic_ncols=True)  # fmt: skip
     logger.info("%s: started (log: %s)", job.name, job.log)
-    return job, proc, bar, time.perf_counter(), handle
+    return job, proc, bar, time.perf_counter(), (handle, lock)
 
 
 def run_jobs(
@@ -132,6 +152,7 @@ def run_jobs(
     pending = list(jobs)
     finished: set[str] = set()
     running: dict[str, tuple[Job, subprocess.Popen, tqdm, float, object]] = {}
+    elsewhere: set[str] = set()  # ready jobs another invocation is running (their lock is held)
     base_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     slot = 0
     try:
@@ -144,12 +165,25 @@ def run_jobs(
                         logger.info("%s: outputs exist, skipped", job.name)
                         job.skipped, changed = True, True
                         pending.remove(job)
+                        elsewhere.discard(job.name)
                         finished.add(job.name)
+                        break  # rescan: jobs it made ready may come before the rest in the start order
                     elif len(running) < max_parallel:
+                        lock = _try_lock(job)
+                        if lock is None:
+                            if job.name not in elsewhere:
+                                logger.info("%s: running in another invocation, waiting for it", job.name)
+                            elsewhere.add(job.name)
+                            continue
+                        if job.done is not None and job.done():  # finished elsewhere since the check above
+                            lock.close()
+                            continue
+                        elsewhere.discard(job.name)
                         pending.remove(job)
-                        running[job.name] = _start(job, cwd, {**base_env, **job.env}, show_progress, slot, max_parallel)
+                        env = {**base_env, **job.env}
+                        running[job.name] = _start(job, cwd, env, show_progress, slot, max_parallel, lock)
                         slot, changed = slot + 1, True
-            if not running and pending:
+            if not running and pending and not elsewhere:
                 raise ValueError(f"unsatisfiable dependencies: {[j.name for j in pending]}")
             time.sleep(POLL_S)
             for name, (job, proc, bar, start, handle) in list(running.items()):
@@ -161,7 +195,8 @@ def run_jobs(
                     continue
                 code = proc.returncode = os.waitstatus_to_exitcode(status)
                 job.cpu_seconds = usage.ru_utime + usage.ru_stime
-                handle.close()
+                for h in handle:
+                    h.close()
                 del running[name]
                 job.seconds = time.perf_counter() - start
                 if code != 0:
@@ -181,5 +216,6 @@ def run_jobs(
         for job, proc, bar, _, handle in running.values():
             proc.terminate()
             proc.wait()
-            handle.close()
+            for h in handle:
+                h.close()
             bar.close()

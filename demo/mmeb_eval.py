@@ -1,7 +1,8 @@
 """``python -m demo.mmeb_eval ARGS``: ``python -m moca_bench.mmeb ARGS`` with the demo world's subsets registered.
 
-The MMEB runner knows the 36 subsets of TIGER-Lab/MMEB-eval and their meta-tasks. The demo's folder has
-the same layout but its own subsets (``demo.world.MMEB_SUBSETS``), so this wrapper adds them to
+The MMEB runner knows the 36 subsets of TIGER-Lab/MMEB-eval and their meta-tasks. The demo's folders have
+the same layout but their own subsets (``demo.world.MMEB_SUBSETS`` and the CL validation split's
+``demo.world.VAL_SUBSETS``), so this wrapper adds them to
 :mod:`moca_bench.mmeb.tasks` (as out-of-domain datasets of their meta-task) and then runs the unchanged
 command-line entry point; scoring, aggregation and the written ``mmeb.json`` are the runner's own.
 """
@@ -10,13 +11,14 @@ from __future__ import annotations
 
 import sys
 
-from demo.world import MMEB_SUBSETS
+from demo.world import MMEB_SUBSETS, VAL_SUBSETS
 
 
-def register_demo_subsets(subsets: dict[str, str] = MMEB_SUBSETS) -> None:
+def register_demo_subsets(subsets: dict[str, str] | None = None) -> None:
     """Add ``{subset: meta-task}`` to the MMEB task tables (idempotent)."""
     from moca_bench.mmeb import tasks
 
+    subsets = {**MMEB_SUBSETS, **VAL_SUBSETS} if subsets is None else subsets
     new = {name: meta for name, meta in subsets.items() if name not in tasks.SUBSETS}
     if not new:
         return

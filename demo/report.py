@@ -1,7 +1,9 @@
-"""One seed's results: every score with a 95% bootstrap interval, paired differences, a table and a chart.
+"""One seed's results: every score with a 95% cluster-bootstrap interval, paired differences, a table, a chart.
 
 Input is ``{model: {group: per-query values in %}}`` (groups: the seven MMEB subsets and ``pages``, see
-:mod:`demo.collect`). A *score* is the unweighted mean of its groups' means, as MMEB aggregates subsets.
+:mod:`demo.collect`) and the evaluation set's cluster resample (:func:`demo.stats.cluster_weights`). A
+*score* is the unweighted mean of its groups' means, as MMEB aggregates subsets. These intervals describe
+the evaluation set for fixed trained models: evaluation noise only, not training randomness.
 """
 
 from __future__ import annotations
@@ -25,14 +27,23 @@ SCORES: dict[str, tuple[str, ...]] = {
     "MMEB overall": tuple(MMEB_SUBSETS),
     PAGES_ROW: (PAGES,),
 }
-# Paired differences reported when both arms ran: MoCa vs its baselines, the ablations, label efficiency.
-PAIRS = (("c", "b"), ("c", "a"), ("b", "a"), ("d", "b"), ("e", "b"), ("c", "d"), ("c", "e"), ("c_25", "b_25"),
-         ("c_50", "b_50"))  # fmt: skip
+SUBSET_ROWS = {f"subset {s}": (s,) for s in MMEB_SUBSETS}
+ALL_ROWS = {**SCORES, **SUBSET_ROWS}
+# The primary comparisons (docs/demo-protocol.md §1), then the secondary ones, when both arms ran.
+PRIMARY_PAIRS = (("c", "b"), ("c", "a_last"), ("c", "b_plus"))
+PRIMARY_ROWS = ("MMEB overall", PAGES_ROW)
+PAIRS = (*PRIMARY_PAIRS, ("b", "a_last"), ("b_plus", "b"), ("a_last", "a_mean"), ("a_plus", "a_last"),
+         ("d", "b"), ("e", "b"), ("c", "d"), ("c", "e"))  # fmt: skip
 
 
 def label(model: str) -> str:
-    """Column label of a model."""
+    """Column label of a model (an arm key or ``base``)."""
     return "causal base" if model == BASE else f"({model}) {ARMS[model].label}"
+
+
+def pair_name(a: str, b: str) -> str:
+    """``c-b`` for the pair (c, b)."""
+    return f"{a}-{b}"
 
 
 def chance_hit1(n_candidates: int) -> float:
@@ -50,45 +61,49 @@ def chance_ndcg5(n_docs: int, n_relevant: int = 1) -> float:
 
 def chance_scores(group_chance: Mapping[str, float]) -> dict[str, float]:
     """Chance level of every score row and subset row from each group's chance."""
-    rows = {row: sum(group_chance[g] for g in groups) / len(groups) for row, groups in SCORES.items()}
+    rows = {row: sum(group_chance[g] for g in gs) / len(gs) for row, gs in SCORES.items()}
     return {**rows, **{f"subset {s}": group_chance[s] for s in MMEB_SUBSETS}}
 
 
-def seed_summary(values: Mapping[str, Mapping[str, np.ndarray]], *, seed: int = 0) -> dict:
-    """Scores with bootstrap CIs and paired differences for the models of one seed.
+def groups() -> tuple[str, ...]:
+    """The per-query groups, in the order of the cluster resample."""
+    return (*MMEB_SUBSETS, PAGES)
+
+
+def seed_summary(values: Mapping[str, Mapping[str, np.ndarray]], weights: list[tuple]) -> dict:
+    """Scores with cluster-bootstrap CIs and paired differences for the models of one seed.
 
     Args:
         values: ``{model: {group: per-query values}}``, the same queries for every model.
-        seed: bootstrap seed.
+        weights: the shared cluster resample of :func:`groups` (:func:`demo.stats.cluster_weights`).
 
     Returns:
-        ``{"scores": {row: {model: ci}}, "subsets": {"subset S": {model: ci}}, "differences": {"c-b": {row: d}}}``
-        with ``ci = {"score", "se", "lo", "hi", "n"}`` and ``d = {"diff", "se", "lo", "hi"}``.
+        ``{"scores": {row: {model: ci}}, "subsets": {"subset S": {model: ci}}, "differences": {"c-b": {row: d}},
+        "replicates": {row: {model: (n_boot,)}}}`` with ``ci = {"score", "se", "lo", "hi", "n"}`` and
+        ``d = {"diff", "se", "lo", "hi"}`` (rows: the scores and the subsets). ``replicates`` (arrays) are
+        for the study's aggregation, not for JSON.
     """
     models = list(values)
-    reps = stats.group_replicates({m: [values[m][g] for g in _groups()] for m in models}, seed=seed)
-    index = {g: i for i, g in enumerate(_groups())}
+    reps = {m: stats.replicate_means([values[m][g] for g in groups()], weights) for m in models}
+    index = {g: i for i, g in enumerate(groups())}
 
-    def ci(model: str, groups: tuple[str, ...]) -> dict:
-        cols = [index[g] for g in groups]
-        return stats.score_with_ci([values[model][g] for g in groups], reps[model][:, cols])
+    def ci(model: str, row_groups: tuple[str, ...]) -> dict:
+        cols = [index[g] for g in row_groups]
+        return stats.score_with_ci([values[model][g] for g in row_groups], reps[model][:, cols])
 
-    scores = {row: {m: ci(m, groups) for m in models} for row, groups in SCORES.items()}
-    subsets = {f"subset {s}": {m: ci(m, (s,)) for m in models} for s in MMEB_SUBSETS}
+    table = {row: {m: ci(m, gs) for m in models} for row, gs in ALL_ROWS.items()}
+    replicates = {row: {m: reps[m][:, [index[g] for g in gs]].mean(axis=1) for m in models}
+                  for row, gs in ALL_ROWS.items()}  # fmt: skip
     differences = {}
     for a, b in PAIRS:
         if a in values and b in values:
-            differences[f"{a}-{b}"] = {
-                row: stats.paired_difference(reps[a][:, [index[g] for g in groups]],
-                                             reps[b][:, [index[g] for g in groups]],
-                                             scores[row][a]["score"] - scores[row][b]["score"])
-                for row, groups in SCORES.items()
+            differences[pair_name(a, b)] = {
+                row: stats.paired_difference(reps[a][:, [index[g] for g in gs]], reps[b][:, [index[g] for g in gs]],
+                                             table[row][a]["score"] - table[row][b]["score"])
+                for row, gs in ALL_ROWS.items()
             }  # fmt: skip
-    return {"scores": scores, "subsets": subsets, "differences": differences}
-
-
-def _groups() -> tuple[str, ...]:
-    return (*MMEB_SUBSETS, PAGES)
+    return {"scores": {row: table[row] for row in SCORES}, "subsets": {row: table[row] for row in SUBSET_ROWS},
+            "differences": differences, "replicates": replicates}  # fmt: skip
 
 
 def format_table(rows: Mapping[str, Mapping[str, dict]], chance: Mapping[str, float]) -> str:
@@ -107,12 +122,29 @@ def _cell(ci: dict) -> str:
     return f"{ci['score']:.1f} [{ci['lo']:.1f}, {ci['hi']:.1f}]"
 
 
-def format_differences(differences: Mapping[str, Mapping[str, dict]]) -> str:
-    """Fixed-width text of paired differences with their bootstrap intervals."""
+def format_differences(differences: Mapping[str, Mapping[str, dict]], study: Mapping | None = None) -> str:
+    """Fixed-width text of one seed's paired differences, each beside the committed study's result.
+
+    Args:
+        differences: ``{pair: {row: d}}`` of one seed (score rows only are printed).
+        study: the committed study's ``differences`` (``{pair: {row: {"mean", "intervals", "n", ...}}}``),
+            or None when there is none.
+    """
     lines = []
     for pair, rows in differences.items():
-        lines.append(f"({pair.replace('-', ') - (')})")
-        lines += [f"  {row:<24}{d['diff']:>+7.1f}  [{d['lo']:+.1f}, {d['hi']:+.1f}]" for row, d in rows.items()]
+        a, b = pair.split("-", 1)
+        lines.append(f"({a}) - ({b})")
+        for row in SCORES:
+            d = rows[row]
+            cell = f"  {row:<24}{d['diff']:>+7.1f}  [{d['lo']:+.1f}, {d['hi']:+.1f}] (evaluation noise only)"
+            ref = (study or {}).get(pair, {}).get(row)
+            if ref is not None:
+                lo, hi = ref["intervals"][str(stats.LEVEL)]
+                cell += (f"   committed study, {ref['n']} seeds: {ref['mean']:+.1f} [{lo:+.1f}, {hi:+.1f}], "
+                         f"ahead in {ref['seeds_ahead']}/{ref['n']}")  # fmt: skip
+            elif study is not None:
+                cell += "   (not in the committed study)"
+            lines.append(cell)
     return "\n".join(lines)
 
 

@@ -13,12 +13,16 @@ from demo.world.common import (
     VIDORE_NAME,
     WorldConfig,
     all_shape_combos,
+    eval_combos,
+    eval_page_queries,
+    is_held_out,
     object_names,
     page_queries,
     pool_name,
+    train_combos,
 )
 from demo.world.common import T2I_PREFIX as T2I_PREFIX
-from demo.world.train_data import CL_TASKS
+from demo.world.train_data import CL_TASKS, VAL_SUBSETS
 
 __all__ = [
     "CL_PAIRS",
@@ -26,11 +30,16 @@ __all__ = [
     "CL_TASK_NAMES",
     "MMEB_SUBSETS",
     "T2I_PREFIX",
+    "VAL_SUBSETS",
     "VIDORE_NAME",
     "WorldConfig",
     "all_shape_combos",
     "build_world",
+    "eval_combos",
+    "eval_page_queries",
+    "is_held_out",
     "object_names",
     "page_queries",
     "pool_name",
+    "train_combos",
 ]

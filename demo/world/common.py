@@ -49,6 +49,13 @@ CL_PAIRS = {  # task -> pairs; harder tasks (position, reading titles) get more 
 }  # fmt: skip
 CL_TASK_NAMES = tuple(CL_PAIRS)
 DIGITS_TOTAL = 1797  # scikit-learn's handwritten digits
+# Evaluation-only page queries (docs/demo-protocol.md §3): no training text (CL pairs, corpora) contains them.
+EVAL_PAGE_TEMPLATES = (
+    "Which page documents the {module} module?",
+    "the {module} module's reference page",
+    "Python {module} module manual",
+    "look up {module} in the standard library docs",
+)
 
 
 @dataclass
@@ -74,13 +81,14 @@ class WorldConfig:
     docstring records."""
     eval_queries: int = 320
     """Queries of each MMEB classification and VQA subset."""
-    retrieval_pools: int = 4
-    """MMEB Shapes_t2i / Shapes_i2t: pools of 96 fresh renders (one per caption), 96 queries each."""
+    retrieval_pools: int = 12
+    """MMEB Shapes_t2i / Shapes_i2t: pools of fresh renders of the 32 held-out combinations (one per caption),
+    32 queries each."""
     grounding_queries: int = 640
     """Queries of MMEB ShapeGrounding (one scene each)."""
-    page_pools: int = 20
-    """ViDoRe page retrieval: BEIR datasets of one fresh page per module, ``page_queries_per_module`` queries
-    per page."""
+    page_pools: int = 10
+    """ViDoRe page retrieval: BEIR datasets of one fresh page per module, queried with every held-out
+    evaluation template (:data:`EVAL_PAGE_TEMPLATES`) of every module."""
     eval_digits: int = 320
     """Handwritten digits held out for evaluation (never in CL or an unlabelled corpus)."""
     cl_digits: int = 256
@@ -88,7 +96,11 @@ class WorldConfig:
     grounding_candidates: int = 16
     """Candidate crops per grounding query (the scene's other cells plus cells from other scenes)."""
     page_queries_per_module: int = 2
-    """ViDoRe queries per documented module and pool (the summary sentence and a title query)."""
+    """Training page queries per module (CL pairs): the summary sentence and/or a title query."""
+    cl_val_pairs: int = 64
+    """Validation pairs per CL task (training distribution, never trained on): the learning-rate rule's data."""
+    val_candidates: int = 16
+    """Candidates per validation query: the positive, its hard negatives, other distinct validation positives."""
 
     def __post_init__(self) -> None:
         if self.eval_digits + self.cl_digits >= DIGITS_TOTAL:
@@ -98,7 +110,7 @@ class WorldConfig:
             raise ValueError(f"unknown CL tasks {sorted(unknown)}; known: {sorted(CL_TASK_NAMES)}")
         if not 1 <= self.page_queries_per_module <= 2:
             raise ValueError("page_queries_per_module must be 1 or 2")
-        for name in ("eval_queries", "retrieval_pools", "grounding_queries", "page_pools"):
+        for name in ("eval_queries", "retrieval_pools", "grounding_queries", "page_pools", "val_candidates"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -108,14 +120,39 @@ def all_shape_combos() -> list[tuple[str, str, str, str]]:
     return list(itertools.product(render.COLOURS, render.SHAPES, render.POSITIONS, render.SIZES))
 
 
+def is_held_out(combo: tuple[str, str, str, str]) -> bool:
+    """True for the 32 evaluation-only combinations: attribute indices summing to 0 mod 3.
+
+    Exactly one shape per (colour, position, size), so every colour, position and size value occurs among
+    them; their captions never occur in a training text (docs/demo-protocol.md §3).
+    """
+    indices = [list(values).index(v) for values, v in zip(ATTRIBUTES.values(), combo, strict=True)]
+    return sum(indices) % 3 == 0
+
+
+def train_combos() -> list[tuple[str, str, str, str]]:
+    """The 64 combinations whose captions training texts may use."""
+    return [c for c in all_shape_combos() if not is_held_out(c)]
+
+
+def eval_combos() -> list[tuple[str, str, str, str]]:
+    """The 32 held-out combinations of the retrieval evaluation."""
+    return [c for c in all_shape_combos() if is_held_out(c)]
+
+
 def object_names() -> list[str]:
     """The 12 "colour shape" object names (the classification labels of ObjectCls)."""
     return [f"{c} {s}" for c in render.COLOURS for s in render.SHAPES]
 
 
 def page_queries(module: str) -> list[str]:
-    """Queries that only a page of ``module`` answers: its docstring summary, then a title query."""
+    """Training queries that only a page of ``module`` answers: its docstring summary, then a title query."""
     return [render.module_doc(module)[0], f"documentation of the {module} module"]
+
+
+def eval_page_queries(module: str) -> list[str]:
+    """Evaluation-only queries for a page of ``module`` (held out from every training text)."""
+    return [t.format(module=module) for t in EVAL_PAGE_TEMPLATES]
 
 
 def pool_name(k: int) -> str:
@@ -160,12 +197,20 @@ def other(rng: np.random.Generator, values: tuple | list, exclude, k: int) -> li
 
 
 def one_off(rng: np.random.Generator, combo: tuple[str, str, str, str]) -> tuple[str, str, str, str]:
-    """A combination that differs from ``combo`` in exactly one attribute (a hard negative)."""
-    k = int(rng.integers(4))
-    values = list(ATTRIBUTES.values())[k]
-    new = list(combo)
-    new[k] = other(rng, values, combo[k], 1)[0]
-    return tuple(new)
+    """A training combination that differs from ``combo`` in exactly one attribute (a hard negative).
+
+    Held-out combinations are never drawn (their captions are evaluation-only); every training combination
+    has training neighbours, since each attribute change shifts the index sum by a non-multiple of 3 for
+    some value.
+    """
+    options = []
+    for k, values in enumerate(ATTRIBUTES.values()):
+        for v in values:
+            if v != combo[k]:
+                new = (*combo[:k], v, *combo[k + 1 :])
+                if not is_held_out(new):
+                    options.append(new)
+    return options[int(rng.integers(len(options)))]
 
 
 def digit_split(cfg: WorldConfig) -> dict[str, np.ndarray]:

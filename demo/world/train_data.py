@@ -7,6 +7,13 @@ images), other digits, other cells of the same scene, other modules' pages.
 Unlabelled records: ``{"text": "... <|vision_start|><|image_pad|><|vision_end|> ...", "images": [...]}``,
 images inside running text that describes them. Every image is a fresh render; digit bitmaps come from
 the pool that neither CL nor evaluation uses.
+
+No training text names a held-out shape combination (its caption is evaluation-only, docs/demo-protocol.md
+§3): captions, hard-negative captions and corpus descriptions of single shapes use the 64 training
+combinations only.
+
+Validation pairs (:func:`validation_subsets`) come from the same generators on their own random stream, and
+are written as MMEB-layout subsets ``Val_<task>`` for the CL learning-rate rule.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from demo.world.common import (
     page_queries,
     pick,
     scene_objects,
+    train_combos,
 )
 from moca_bench.prompts import VIDORE_DOCUMENT_PROMPT
 
@@ -105,7 +113,7 @@ def _cl_count_vqa(cfg: WorldConfig, rng: np.random.Generator, save: ImageWriter,
 
 
 def _cl_shapes_t2i(cfg: WorldConfig, rng: np.random.Generator, save: ImageWriter, n: int) -> list[dict]:
-    combos = all_shape_combos()
+    combos = train_combos()
     rows = []
     for _ in range(n):
         combo = pick(rng, combos)
@@ -117,7 +125,7 @@ def _cl_shapes_t2i(cfg: WorldConfig, rng: np.random.Generator, save: ImageWriter
 
 
 def _cl_shapes_i2t(cfg: WorldConfig, rng: np.random.Generator, save: ImageWriter, n: int) -> list[dict]:
-    combos = all_shape_combos()
+    combos = train_combos()
     rows = []
     for _ in range(n):
         combo = pick(rng, combos)
@@ -163,6 +171,42 @@ CL_TASKS = {
     "grounding": _cl_grounding,
     "pages": _cl_pages,
 }
+VAL_META = {  # validation subset -> the MMEB meta-task it is registered under
+    "digits_cls": "Classification", "object_cls": "Classification", "shape_vqa": "VQA", "count_vqa": "VQA",
+    "shapes_t2i": "Retrieval", "shapes_i2t": "Retrieval", "grounding": "Grounding", "pages": "Retrieval",
+}  # fmt: skip
+VAL_SUBSETS = {f"Val_{task}": meta for task, meta in VAL_META.items()}
+
+
+def validation_rows(cfg: WorldConfig, rng: np.random.Generator, rows: list[dict]) -> list[dict]:
+    """CL rows -> MMEB-eval rows: each row's positive first, its hard negatives, then other distinct positives.
+
+    Candidates are ``(text, image)`` pairs; a candidate equal to the positive is never a distractor (the
+    classification tasks repeat labels), and at most ``cfg.val_candidates`` are kept.
+    """
+    out = []
+    for i, row in enumerate(rows):
+        positive = (row["pos_text"], row["pos_image_path"])
+        candidates = [positive]
+        for neg in zip(row["neg_text"], row["neg_image_path"], strict=True):
+            if neg not in candidates:
+                candidates.append(neg)
+        for j in rng.permutation(len(rows)):
+            other_pos = (rows[j]["pos_text"], rows[j]["pos_image_path"])
+            if len(candidates) >= cfg.val_candidates:
+                break
+            if j != i and other_pos not in candidates:
+                candidates.append(other_pos)
+        out.append({"qry_text": row["qry"], "qry_img_path": row["qry_image_path"],
+                    "tgt_text": [t for t, _ in candidates], "tgt_img_path": [p for _, p in candidates]})  # fmt: skip
+    return out
+
+
+def validation_subsets(cfg: WorldConfig, rng: np.random.Generator, save: ImageWriter):
+    """``(Val_<task>, MMEB rows)`` of ``cfg.cl_val_pairs`` fresh pairs per CL task (never trained on)."""
+    for task, n in cfg.cl_pairs.items():
+        if n > 0 and cfg.cl_val_pairs > 0:
+            yield f"Val_{task}", validation_rows(cfg, rng, CL_TASKS[task](cfg, rng, save, cfg.cl_val_pairs))
 
 
 # ------------------------------------------------------------------------------------- unlabelled corpora
@@ -171,7 +215,7 @@ CL_TASKS = {
 def unlabelled_records(cfg: WorldConfig, rng: np.random.Generator, save: ImageWriter) -> list[dict]:
     """One unlabelled corpus: images inside running text that describes them (never a CL or evaluation image)."""
     records: list[dict] = []
-    combos = all_shape_combos()
+    combos = train_combos()
     openers = ("Here is a picture.", "Look at this image.", "A figure from the notebook.", "Another drawing.")
     for _ in range(cfg.corpus_shape_records):
         n_img = int(rng.integers(1, 4))

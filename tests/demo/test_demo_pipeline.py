@@ -1,14 +1,16 @@
 """The demo: the generated world is readable by every consumer, and the reduced pipeline learns.
 
 ``test_world_*`` are fast (a few seconds, a tiny world). ``test_smoke_pipeline`` runs the whole reduced
-``make demo`` (world -> causal base -> CPT -> CL arms a-c through the real CLIs -> MMEB + ViDoRe + MTEB)
-and takes about 2-3 minutes on two cores, so it is marked slow.
+pipeline (world -> causal base -> CPT and the causal-LM control -> CL arms a_last, b, c, b_plus through the
+real CLIs -> MMEB + ViDoRe + CL validation + MTEB) and takes about 3-4 minutes on two cores, so it is
+marked slow.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -99,9 +101,9 @@ def test_world_eval_sizes_follow_the_config(tiny_world):
     _, manifest = tiny_world
     rows = {s: v["rows"] for s, v in manifest["mmeb_subsets"].items()}
     assert rows["DigitsCls"] == rows["CountVQA"] == TINY.eval_queries
-    assert rows["Shapes_t2i"] == rows["Shapes_i2t"] == 96 * TINY.retrieval_pools
+    assert rows["Shapes_t2i"] == rows["Shapes_i2t"] == 32 * TINY.retrieval_pools  # the held-out combinations
     assert rows["ShapeGrounding"] == TINY.grounding_queries
-    assert manifest["vidore"]["queries"] == TINY.page_pools * 16 * TINY.page_queries_per_module
+    assert manifest["vidore"]["queries"] == TINY.page_pools * 16 * len(demo_world.eval_page_queries("json"))
 
 
 def test_world_cl_rows_load_in_the_trainer(tiny_world):
@@ -168,33 +170,107 @@ def test_smoke_pipeline(tmp_path):
                            mteb_python=mteb_python)  # fmt: skip
     results = json.loads((tmp_path / "results" / "results.json").read_text())
     assert (tmp_path / "results" / "demo.png").stat().st_size > 10_000
+    arms = {"base", "a_last", "b", "c", "b_plus"}
     seed = results["per_seed"]["0"]
-    assert set(seed["scores"]["MMEB overall"]) == {"base", "a", "b", "c"}
-    assert set(seed["differences"]) == {"c-b", "c-a", "b-a"}
+    assert set(seed["scores"]["MMEB overall"]) == arms
+    assert set(seed["differences"]) == {"c-b", "c-a_last", "c-b_plus", "b-a_last", "b_plus-b"}
     for row in seed["scores"].values():
         for ci in row.values():
             assert ci["lo"] <= ci["score"] <= ci["hi"] and 0.0 <= ci["lo"] and ci["hi"] <= 100.0
     runs = work / "s0" / "runs"
-    expected = {"base": "causal", "cl_a": "causal", "cl_b": "bidirectional", "cl_c": "bidirectional",
-                "cpt_mlm_mae": "bidirectional"}  # fmt: skip
-    for run, attention in expected.items():
+    expected = {"base": ("causal", "mean"), "cl_a_last_lr1e-03": ("causal", "last"),
+                "cl_b_lr1e-03": ("bidirectional", "mean"), "cl_c_lr1e-03": ("bidirectional", "mean"),
+                "cl_b_plus_lr1e-03": ("bidirectional", "mean"), "cpt_mlm_mae": ("bidirectional", "mean"),
+                "cpt_clm": ("causal", "mean")}  # fmt: skip
+    for run, (attention, pooling) in expected.items():
         (ckpt,) = (runs / run).glob("checkpoint-*")
         assert moca_config.attention(ckpt) == attention, run
+        assert moca_config.pooling(ckpt) == pooling, run
         assert yaml.safe_load((ckpt / "run_config.yaml").read_text())["model"]["attention"] == attention, run
-    settings = json.loads((work / "s0" / "evals" / "mmeb" / "a" / "mmeb.json").read_text())["model"]["settings"]
-    assert settings["bidirectional"] is False  # the evaluation honoured the arm's recorded attention
-    digits = {m: seed["subsets"]["subset DigitsCls"][m]["score"] for m in ("base", "a", "b", "c")}
-    assert min(digits["a"], digits["b"], digits["c"]) >= digits["base"] + 15, digits
+    settings = json.loads((work / "s0" / "evals" / "mmeb" / "a_last_lr1e-03" / "mmeb.json").read_text())["model"]
+    assert settings["settings"]["bidirectional"] is False  # the evaluation honoured the arm's recorded attention
+    diag = seed["diagnostics"]
+    assert diag["cpt_clm"]["tokens"] == diag["cpt_mlm_mae"]["tokens"] > 0  # the control's token budget is CPT's
+    assert 0 < diag["cl_b"]["weight_drift"] < 10 and 0 <= diag["cl_b"]["val_mean"] <= 100
+    digits = {m: seed["subsets"]["subset DigitsCls"][m]["score"] for m in arms}
+    assert min(digits[m] for m in arms - {"base"}) >= digits["base"] + 15, digits
     if mteb_python is not None:
-        assert set(results["mteb_check"]["a"]) >= {"DemoShapesT2I", "DemoPages"}
+        assert set(results["mteb_check"]["a_last"]) >= {"DemoShapesT2I", "DemoPages"}
     cost = results["cost"]
     assert cost["idle_wall_estimate"] > 0 and all(cost["per_job"].values())
     assert cost["jobs_run_here"] == cost["jobs_total"] == len(cost["per_job"])
+    assert results["provenance"]["protocol_sha256"] and results["provenance"]["commits"]
+    assert results["work_dir"] == "work" and '"/' not in (tmp_path / "results" / "results.json").read_text()
     assert payload["per_seed"]["0"]["scores"] == seed["scores"]
     again = demo_run.run(preset, work=work, results_dir=tmp_path / "again", jobs=2, show_progress=False,
                          mteb_python=mteb_python)  # fmt: skip
     assert again["cost"]["jobs_run_here"] == 0  # every stage resumed: the report says so, not a 5 s "wall"
     assert again["per_seed"]["0"]["scores"] == seed["scores"]
+
+
+def test_a_job_running_in_another_invocation_is_awaited_not_rerun(tmp_path):
+    import fcntl
+    import threading
+
+    from demo.jobs import Job, run_jobs
+
+    out = tmp_path / "out"
+    code = "import pathlib, sys; pathlib.Path(sys.argv[1]).write_text('ran here')"
+    job = Job("shared", [sys.executable, "-c", code, str(out)], tmp_path / "shared.log", done=out.is_file)
+    after = Job("after", [sys.executable, "-c", "pass"], tmp_path / "after.log", deps=("shared",))
+    lock = (tmp_path / "shared.log.lock").open("a")
+    fcntl.flock(lock, fcntl.LOCK_EX)  # "another invocation" is running the job
+    worker = threading.Thread(target=run_jobs, args=([job, after],), kwargs={"show_progress": False})
+    worker.start()
+    worker.join(timeout=2.0)
+    assert worker.is_alive() and not out.exists()  # waiting, not starting it a second time
+    out.write_text("done elsewhere")
+    fcntl.flock(lock, fcntl.LOCK_UN)
+    lock.close()
+    worker.join(timeout=60)
+    assert not worker.is_alive() and out.read_text() == "done elsewhere" and job.skipped and not after.skipped
+
+
+def test_a_skipped_job_does_not_let_later_jobs_jump_the_queue(tmp_path):
+    from demo.jobs import Job, run_jobs
+
+    order = tmp_path / "order"
+
+    def appender(name: str, deps=(), done=None) -> Job:
+        code = (f"import pathlib; p = pathlib.Path({str(order)!r}); "
+                f"p.write_text((p.read_text() if p.exists() else '') + {name!r})")
+        return Job(name, [sys.executable, "-c", code], tmp_path / f"{name}.log", deps=deps, done=done)
+
+    # "cpt" waits on "base", which is already done: it must start before "later" (next in the list)
+    jobs = [appender("base", done=lambda: True), appender("cpt", ("base",)), appender("later")]
+    run_jobs(jobs, max_parallel=1, show_progress=False)
+    assert order.read_text() == "cptlater"
+
+
+def test_results_go_to_an_ignored_folder_unless_asked(monkeypatch, tmp_path):
+    from demo import run as demo_run
+
+    seen = {}
+    monkeypatch.setattr(demo_run, "run", lambda preset, **kw: seen.update(kw))
+    assert demo_run.main(["--no-mteb"]) == 0
+    work, results = seen["work"], seen["results_dir"]
+    assert work == (ROOT / "demo_out").resolve() and results == work / "results" / "demo"
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(results / "results.json")], cwd=ROOT)
+    assert ignored.returncode == 0  # make demo never writes a tracked file
+    demo_run.main(["--preset", "study", "--results-dir", str(tmp_path / "r")])
+    assert seen["results_dir"] == tmp_path / "r"
+
+
+def test_committed_results_hold_no_absolute_path():
+    import gzip
+
+    folder = ROOT / "results" / "demo"
+    files = [p for p in folder.rglob("*") if p.suffix in (".json", ".md") or p.name.endswith(".json.gz")]
+    assert files
+    for path in files:
+        text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+        for marker in ('"/', " /work/", " /tmp/", " /home/", "/root/"):
+            assert marker not in text, f"{path.name} holds an absolute path ({marker!r})"
 
 
 def test_jobs_respect_dependencies_skips_and_failures(tmp_path):
@@ -212,3 +288,36 @@ def test_jobs_respect_dependencies_skips_and_failures(tmp_path):
     bad = Job("bad", [sys.executable, "-c", "print('boom'); raise SystemExit(3)"], tmp_path / "bad.log")
     with pytest.raises(JobFailedError, match=r"(?s)bad failed \(exit 3\).*boom"):
         run_jobs([bad], show_progress=False)
+
+
+def test_training_code_changes_ignore_only_the_overridden_cl_learning_rate(tmp_path):
+    """Writing the selected LR into the CL recipe changes no run (every CL command passes it); any other
+    change to the training code, in that file or elsewhere, is reported."""
+    from demo.provenance import training_code_changes
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout.strip()
+
+    recipe = tmp_path / "configs" / "cl" / "demo.yaml"
+    recipe.parent.mkdir(parents=True)
+    (tmp_path / "moca_train").mkdir()
+    (tmp_path / "moca_train" / "engine.py").write_text("STEP = 1\n")
+    recipe.write_text("train:\n  learning_rate: 1.0e-3\n  warmup_ratio: 0.1\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    first = git("rev-parse", "HEAD")
+
+    def commit(path: Path, text: str) -> str:
+        path.write_text(text)
+        git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "next")
+        return git("rev-parse", "HEAD")
+
+    lr = commit(recipe, "train:\n  learning_rate: 1.0e-4\n  warmup_ratio: 0.1\n")
+    assert training_code_changes(first, lr, root=tmp_path) == []
+    assert training_code_changes(first, lr + "+dirty", root=tmp_path) == []
+    warmup = commit(recipe, "train:\n  learning_rate: 1.0e-4\n  warmup_ratio: 0.2\n")
+    assert training_code_changes(first, warmup, root=tmp_path) == ["configs/cl/demo.yaml"]
+    engine = commit(tmp_path / "moca_train" / "engine.py", "STEP = 2\n")
+    assert training_code_changes(lr, engine, root=tmp_path) == ["configs/cl/demo.yaml", "moca_train/engine.py"]
+    assert training_code_changes(first, "0" * 40, root=tmp_path) is None
