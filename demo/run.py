@@ -9,8 +9,8 @@ c - b, c - a_last and c - b_plus with intervals over seeds and evaluation cluste
 
 Usage::
 
-    make demo                                    # seed 0, arms a_last, b, c (about 10 min on an idle 2-core machine)
-    make demo-study                              # the study (about 2 h idle), written under demo_out/results/study
+    make demo                                    # seed 0, arms a_last, b, c (about 20 min on an idle 2-core machine)
+    make demo-study                              # the study (about 5 h idle), written under demo_out/results/study
     python demo/run.py --preset select-lr        # the CL learning-rate rule (docs/demo-protocol.md §4)
     python demo/run.py --preset smoke            # the reduced pipeline the test suite runs
     python demo/run.py --preset study --report-only   # report the finished seeds of an unfinished study
