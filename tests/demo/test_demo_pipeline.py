@@ -177,17 +177,20 @@ def test_smoke_pipeline(tmp_path):
     for row in seed["scores"].values():
         for ci in row.values():
             assert ci["lo"] <= ci["score"] <= ci["hi"] and 0.0 <= ci["lo"] and ci["hi"] <= 100.0
+    from demo.plan import model_name, recipe_lr
+
     runs = work / "s0" / "runs"
-    expected = {"base": ("causal", "mean"), "cl_a_last_lr1e-03": ("causal", "last"),
-                "cl_b_lr1e-03": ("bidirectional", "mean"), "cl_c_lr1e-03": ("bidirectional", "mean"),
-                "cl_b_plus_lr1e-03": ("bidirectional", "mean"), "cpt_mlm_mae": ("bidirectional", "mean"),
+    name = {arm: model_name(arm, recipe_lr()) for arm in ("a_last", "b", "c", "b_plus")}  # the recipe's CL LR
+    expected = {"base": ("causal", "mean"), f"cl_{name['a_last']}": ("causal", "last"),
+                f"cl_{name['b']}": ("bidirectional", "mean"), f"cl_{name['c']}": ("bidirectional", "mean"),
+                f"cl_{name['b_plus']}": ("bidirectional", "mean"), "cpt_mlm_mae": ("bidirectional", "mean"),
                 "cpt_clm": ("causal", "mean")}  # fmt: skip
     for run, (attention, pooling) in expected.items():
         (ckpt,) = (runs / run).glob("checkpoint-*")
         assert moca_config.attention(ckpt) == attention, run
         assert moca_config.pooling(ckpt) == pooling, run
         assert yaml.safe_load((ckpt / "run_config.yaml").read_text())["model"]["attention"] == attention, run
-    settings = json.loads((work / "s0" / "evals" / "mmeb" / "a_last_lr1e-03" / "mmeb.json").read_text())["model"]
+    settings = json.loads((work / "s0" / "evals" / "mmeb" / name["a_last"] / "mmeb.json").read_text())["model"]
     assert settings["settings"]["bidirectional"] is False  # the evaluation honoured the arm's recorded attention
     diag = seed["diagnostics"]
     assert diag["cpt_clm"]["tokens"] == diag["cpt_mlm_mae"]["tokens"] > 0  # the control's token budget is CPT's
